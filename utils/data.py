@@ -1,0 +1,195 @@
+"""Datasets as normalised tensors on the device, read with torchvision's own classes.
+
+Online (Colab), torchvision downloads Fashion-MNIST as usual.  Offline, a local copy
+of the four original IDX files is used: Debian's ``dataset-fashion-mnist`` package
+(``/usr/share/datasets/fashion-mnist``) or any folder named by ``$FASHION_MNIST_DIR``.
+The files are gunzipped once into torchvision's ``<root>/FashionMNIST/raw`` layout.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+DATASETS = ("fashion-mnist", "mnist", "cifar10")
+LOCAL_COPY_ENV = "FASHION_MNIST_DIR"
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+DATA_ROOT_ENV = "BOOK_DATA_ROOT"
+_IDX_FILES = (
+    "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+)
+# Per-channel mean and standard deviation of the training images, in [0, 1] units.
+_STATS = {
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+HOW_TO_GET_DATA = (
+    "Fashion-MNIST was not found and could not be downloaded. Get it one of three ways:\n"
+    "  * on Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist  "
+    f"(puts the IDX files in {DEBIAN_DIR});\n"
+    f"  * copy the four files {', '.join(f + '.gz' for f in _IDX_FILES)} into a folder and "
+    f"set {LOCAL_COPY_ENV}=/that/folder;\n"
+    "  * run once with internet access: torchvision downloads it into the data root."
+)
+
+
+class DatasetNotAvailableError(RuntimeError):
+    """Raised when a dataset is neither on disk nor downloadable; the message says how to get it."""
+
+
+def default_root() -> Path:
+    """Where torchvision-format data lives: ``$BOOK_DATA_ROOT`` or ``~/.cache/geometry-book``."""
+    return Path(os.environ.get(DATA_ROOT_ENV, Path.home() / ".cache" / "geometry-book"))
+
+
+def local_fashion_mnist_dirs() -> list[Path]:
+    """Folders searched for a local copy of the IDX files, in order."""
+    dirs = [Path(os.environ[LOCAL_COPY_ENV])] if os.environ.get(LOCAL_COPY_ENV) else []
+    return dirs + [DEBIAN_DIR]
+
+
+def prepare_fashion_mnist(root: Path) -> bool:
+    """Fill ``root/FashionMNIST/raw`` from a local copy. Returns True when the raw files are present."""
+    raw = Path(root) / "FashionMNIST" / "raw"
+    if all((raw / name).exists() for name in _IDX_FILES):
+        return True
+    for folder in local_fashion_mnist_dirs():
+        sources = {}
+        for name in _IDX_FILES:
+            for candidate in (folder / name, folder / f"{name}.gz"):
+                if candidate.exists():
+                    sources[name] = candidate
+                    break
+        if len(sources) < len(_IDX_FILES):
+            continue
+        raw.mkdir(parents=True, exist_ok=True)
+        for name, src in sources.items():
+            tmp = raw / f".{name}.tmp"
+            opener = gzip.open if src.suffix == ".gz" else open
+            with opener(src, "rb") as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+            tmp.replace(raw / name)
+        return True
+    return False
+
+
+@functools.lru_cache(maxsize=8)
+def _raw_tensors(name: str, train: bool, root: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images as uint8 ``(N, C, s, s)`` and int64 labels ``(N,)`` on the CPU (cached per process)."""
+    import torchvision
+
+    root_path = Path(root)
+    if name == "fashion-mnist":
+        have_local = prepare_fashion_mnist(root_path)
+        try:
+            ds = torchvision.datasets.FashionMNIST(root_path, train=train, download=not have_local)
+        except Exception as err:  # no copy and no network
+            raise DatasetNotAvailableError(HOW_TO_GET_DATA) from err
+        return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
+    if name == "mnist":
+        ds = torchvision.datasets.MNIST(root_path, train=train, download=True)
+        return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
+    ds = torchvision.datasets.CIFAR10(root_path, train=train, download=True)
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    return images, torch.tensor(ds.targets, dtype=torch.long)
+
+
+def select_per_class(y: torch.Tensor, per_class: int | None, classes: Sequence[int] | None,
+                     seed: int) -> torch.Tensor:
+    """Indices of ``per_class`` random examples of each class in ``classes`` (all when None).
+
+    Args:
+        y: (N,) integer labels.
+    Returns:
+        (M,) indices, grouped by class in the order of ``classes``.
+    Raises:
+        ValueError: empty class list, a class absent from ``y``, or ``per_class`` larger than a class.
+    """
+    classes = sorted(set(y.tolist())) if classes is None else list(classes)
+    if len(classes) == 0:
+        raise ValueError("classes is empty: give at least one class label")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"classes has repeated labels: {classes}")
+    if per_class is not None and per_class < 1:
+        raise ValueError(f"per_class must be at least 1, got {per_class}")
+    g = torch.Generator().manual_seed(seed)
+    picked = []
+    for c in classes:
+        idx = torch.nonzero(y == c).flatten()
+        if len(idx) == 0:
+            raise ValueError(f"class {c} has no examples in this split")
+        if per_class is not None:
+            if per_class > len(idx):
+                raise ValueError(f"per_class={per_class} is larger than class {c}, which has {len(idx)} examples")
+            idx = idx[torch.randperm(len(idx), generator=g)[:per_class]].sort().values
+        picked.append(idx)
+    return torch.cat(picked)
+
+
+def load_dataset(name: str = "fashion-mnist", train: bool = True, root: str | Path | None = None,
+                 device: torch.device | str | None = None, resize: int | None = None,
+                 per_class: int | None = None, classes: Sequence[int] | None = None,
+                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load a dataset as normalised float tensors on ``device``.
+
+    Args:
+        name: ``"fashion-mnist"`` (offline default), ``"mnist"`` or ``"cifar10"`` (download only).
+        train: training split if True, else test split.
+        root: torchvision data root (default :func:`default_root`).
+        device: where the tensors live (default CPU).
+        resize: side length ``s`` to resize to (bilinear, antialiased), or None to keep the original.
+        per_class: number of examples drawn (seeded) per class, or None for all.
+        classes: labels to keep; the returned labels are re-indexed ``0..len(classes)-1`` in this order.
+        seed: seed for the per-class draw.
+    Returns:
+        X: (N, C, s, s) float32 images, standardised per channel; y: (N,) int64 labels.
+    Raises:
+        ValueError: unknown dataset, empty/invalid ``classes``, ``per_class`` larger than a class,
+            non-positive ``resize``.
+        DatasetNotAvailableError: no local copy and no network.
+    """
+    key = name.lower().replace("_", "-")
+    if key == "fashionmnist":
+        key = "fashion-mnist"
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; available: {DATASETS}")
+    if resize is not None and resize < 1:
+        raise ValueError(f"resize must be a positive side length, got {resize}")
+    if classes is not None:
+        bad = [c for c in classes if not 0 <= int(c) < 10]
+        if bad:
+            raise ValueError(f"class labels must lie in 0..9, got {bad}")
+    images, labels = _raw_tensors(key, bool(train), str(Path(root) if root else default_root()))
+    idx = select_per_class(labels, per_class, classes, seed)
+    X = images[idx].float().div_(255.0)
+    y = labels[idx]
+    if classes is not None:
+        remap = torch.full((10,), -1, dtype=torch.long)
+        remap[torch.tensor(list(classes))] = torch.arange(len(classes))
+        y = remap[y]
+    if resize is not None and resize != X.shape[-1]:
+        X = F.interpolate(X, size=(resize, resize), mode="bilinear", antialias=True, align_corners=False)
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in _STATS[key])
+    X = (X - mean) / std
+    return X.to(device or "cpu"), y.to(device or "cpu")
+
+
+def main() -> int:
+    """``python -m utils.data``: make Fashion-MNIST available under the data root and report where."""
+    root = default_root()
+    X, y = load_dataset("fashion-mnist", train=True, root=root)
+    Xt, _ = load_dataset("fashion-mnist", train=False, root=root)
+    print(f"Fashion-MNIST ready in {root / 'FashionMNIST'}: {len(X)} training, {len(Xt)} test images")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""Experiment profiles: ``quick`` runs on a laptop CPU in minutes, ``full`` is the paper's scale.
+
+The profile is chosen, in order of precedence, by an explicit argument (a notebook
+parameter), the environment variable ``BOOK_PROFILE``, and finally the hardware:
+a CUDA GPU selects ``full``, otherwise ``quick``.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+PROFILES = ("quick", "full")
+ENV_VAR = "BOOK_PROFILE"
+
+
+def default_device() -> torch.device:
+    """The device experiments run on: the first CUDA GPU if present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def get_profile(override: str | None = None) -> str:
+    """Return ``"quick"`` or ``"full"``.
+
+    Args:
+        override: a notebook parameter; ``None`` or ``""`` defers to ``$BOOK_PROFILE``,
+            then to the hardware (GPU present: ``full``).
+    Raises:
+        ValueError: for a name other than ``quick`` or ``full``.
+    """
+    for source, value in (("argument", override), (ENV_VAR, os.environ.get(ENV_VAR))):
+        if value:
+            value = value.strip().lower()
+            if value not in PROFILES:
+                raise ValueError(f"unknown profile {value!r} from {source}; choose one of {PROFILES}")
+            return value
+    return "full" if torch.cuda.is_available() else "quick"
