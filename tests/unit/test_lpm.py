@@ -1,0 +1,53 @@
+"""Layer-Peeled Model: both solvers find the simplex ETF for balanced classes and agree."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from utils.lpm import (balanced_optimal_value, etf_solution_gram, lpm_objective, scaled_gram, solve_lpm,
+                       solve_lpm_convex)
+
+
+@pytest.mark.parametrize("K,p,E_W,E_H", [(4, 8, 1.0, 1.0), (5, 4, 2.0, 0.5), (3, 6, 0.5, 3.0)])
+def test_balanced_solvers_return_etf_and_agree(K, p, E_W, E_H):
+    sizes = [20] * K
+    direct = solve_lpm(sizes, p, E_W, E_H, restarts=4, seed=1)
+    sdp = solve_lpm_convex(sizes, E_W, E_H)
+    target = scaled_gram(etf_solution_gram(K, E_W, E_H), E_W, E_H)
+    assert np.abs(scaled_gram(direct.gram, E_W, E_H) - target).max() < 1e-3
+    assert np.abs(scaled_gram(sdp.gram, E_W, E_H) - target).max() < 1e-3
+    assert np.abs(direct.gram - sdp.gram).max() < 1e-3
+    best = balanced_optimal_value(K, E_W, E_H)
+    assert direct.objective == pytest.approx(best, abs=1e-7)
+    assert sdp.objective == pytest.approx(best, abs=1e-6)
+    np.testing.assert_allclose(direct.w_norms, np.sqrt(E_W), atol=1e-4)
+    np.testing.assert_allclose(direct.h_norms, np.sqrt(E_H), atol=1e-4)
+    np.testing.assert_allclose(np.diag(direct.wh_cosines), 1.0, atol=1e-4)  # self-duality
+
+
+def test_sdp_is_a_relaxation_and_exact_when_p_at_least_2K():
+    sizes = [30, 30, 5, 5]
+    sdp = solve_lpm_convex(sizes, 1.0, 1.0)
+    low = solve_lpm(sizes, 1, 1.0, 1.0, restarts=4)  # p = 1 < K-1: rank-one Gram, strictly worse
+    assert sdp.objective <= low.objective + 1e-8 and low.objective > sdp.objective + 1e-2
+    full = solve_lpm(sizes, 8, 1.0, 1.0, restarts=4)  # p = 2K
+    assert full.objective == pytest.approx(sdp.objective, abs=1e-6)
+    assert np.abs(full.gram - sdp.gram).max() < 1e-3
+
+
+def test_objective_from_gram_matches_direct_factors():
+    sol = solve_lpm([10, 4, 7], 3, 1.5, 0.7, restarts=2, steps=50)
+    F = np.concatenate([sol.W, sol.H])
+    assert lpm_objective(F @ F.T, [10, 4, 7]) == pytest.approx(sol.objective, rel=1e-12)
+    assert (sol.w_norms ** 2).mean() <= 1.5 + 1e-9 and (sol.h_norms ** 2).mean() <= 0.7 + 1e-9
+
+
+@pytest.mark.parametrize("sizes,p,E_W,E_H,match", [
+    ([10], 4, 1.0, 1.0, "K >= 2"), ([10, 0], 4, 1.0, 1.0, "positive"), ([10, -3], 4, 1.0, 1.0, "positive"),
+    ([10, 10], 4, 0.0, 1.0, "budgets"), ([10, 10], 4, 1.0, -1.0, "budgets"), ([10, 10], 0, 1.0, 1.0, "dimension")])
+def test_bad_inputs_raise(sizes, p, E_W, E_H, match):
+    with pytest.raises(ValueError, match=match):
+        solve_lpm(sizes, p, E_W, E_H)
+    if match != "dimension":
+        with pytest.raises(ValueError, match=match):
+            solve_lpm_convex(sizes, E_W, E_H)

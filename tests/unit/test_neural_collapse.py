@@ -1,0 +1,132 @@
+"""Neural-collapse metrics, the simplex ETF, and the small convnets."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from utils.etf import etf_distance, etf_gram, simplex_etf
+from utils.metrics import separation_fuzziness
+from utils.neural_collapse import (equiangularity, equinorm, max_angle, measure_epochs, nc1, nc_callback,
+                                   nc_metrics, ncc_mismatch, project_to_means_plane, self_duality)
+
+
+def _blobs(K=4, n=30, d=12, spread=0.5, seed=0, sizes=None):
+    g = torch.Generator().manual_seed(seed)
+    sizes = sizes or [n] * K
+    centres = 3 * torch.randn(K, d, generator=g)
+    y = torch.cat([torch.full((s,), k) for k, s in enumerate(sizes)])
+    return centres[y] + spread * torch.randn(len(y), d, generator=g), y
+
+
+def test_simplex_etf_gram_and_bad_input():
+    for K, d in ((2, 1), (5, 4), (10, 32)):
+        V = simplex_etf(K, d, seed=3)
+        assert V.shape == (K, d)
+        assert torch.allclose(V @ V.T, etf_gram(K), atol=1e-12)
+        assert torch.allclose(V.sum(0), torch.zeros(d, dtype=V.dtype), atol=1e-12)
+    with pytest.raises(ValueError, match="d >= K-1"):
+        simplex_etf(5, 3)
+    with pytest.raises(ValueError, match="K >= 2"):
+        simplex_etf(1, 3)
+
+
+def test_exact_etf_gives_zero_nc2_and_etf_distance():
+    K, d = 6, 9
+    M = 2.5 * simplex_etf(K, d, seed=1)
+    assert etf_distance(M) < 1e-12 and etf_distance(M + 7.0, center=True) < 1e-12
+    assert equinorm(M) < 1e-12 and equiangularity(M) < 1e-12 and max_angle(M) < 1e-12
+    R = torch.randn(K, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert etf_distance(R) > 0.1 and max_angle(R) > 0.01
+
+
+def test_collapsed_features_give_zero_nc1_nc3_nc4():
+    K, d, n = 5, 8, 7
+    M = simplex_etf(K, d, seed=2)
+    y = torch.arange(K).repeat_interleave(n)
+    H = 4.0 * M[y] + torch.ones(d, dtype=torch.float64)  # every feature on its (shifted) class mean
+    W = 0.3 * M
+    out = nc_metrics(H, y, W, torch.zeros(K, dtype=torch.float64))
+    assert out["nc1"] < 1e-20 and out["nc4"] == 0.0 and out["nc3"] < 1e-12
+    for key in ("equinorm_means", "equiangular_means", "maxangle_means", "etf_distance_means",
+                "equinorm_classifiers", "equiangular_classifiers", "maxangle_classifiers"):
+        assert out[key] < 1e-10, key
+
+
+def test_nc1_is_fuzziness_over_K_on_balanced_data_only():
+    H, y = _blobs(K=5, n=40, d=30)
+    assert nc1(H, y) == pytest.approx(separation_fuzziness(H, y) / 5, rel=1e-10)
+    Hi, yi = _blobs(K=4, d=30, sizes=[80, 40, 20, 10])
+    assert nc1(Hi, yi) != pytest.approx(separation_fuzziness(Hi, yi) / 4, rel=1e-3)
+
+
+def test_metrics_match_float64_numpy_reference():
+    H32, y = _blobs(K=4, n=25, d=10, spread=1.5, seed=4)
+    H32 = H32.float()
+    W = torch.randn(4, 10, generator=torch.Generator().manual_seed(5))
+    b = torch.randn(4, generator=torch.Generator().manual_seed(6))
+    out = nc_metrics(H32, y, W, b)
+    Hn, yn, Wn, bn = H32.double().numpy(), y.numpy(), W.double().numpy(), b.double().numpy()
+    K, N = 4, len(yn)
+    mu = np.stack([Hn[yn == k].mean(0) for k in range(K)])
+    M = mu - mu.mean(0)
+    Sw = (Hn - mu[yn]).T @ (Hn - mu[yn]) / N
+    Sb = M.T @ M / K
+    assert out["nc1"] == pytest.approx(np.trace(Sw @ np.linalg.pinv(Sb)) / K, rel=1e-8)
+    cos = (M / np.linalg.norm(M, axis=1, keepdims=True)) @ (M / np.linalg.norm(M, axis=1, keepdims=True)).T
+    off = cos[~np.eye(K, dtype=bool)]
+    assert out["equiangular_means"] == pytest.approx(off.std(ddof=1), rel=1e-8)
+    assert out["maxangle_means"] == pytest.approx(np.abs(off + 1 / (K - 1)).mean(), rel=1e-8)
+    norms = np.linalg.norm(Wn, axis=1)
+    assert out["equinorm_classifiers"] == pytest.approx(norms.std(ddof=1) / norms.mean(), rel=1e-8)
+    nc3 = np.linalg.norm(Wn / np.linalg.norm(Wn) - M / np.linalg.norm(M))
+    assert out["nc3"] == pytest.approx(nc3, rel=1e-8)
+    ncc = np.argmin(((Hn[:, None] - mu[None]) ** 2).sum(-1), 1)
+    assert out["nc4"] == pytest.approx(np.mean((Hn @ Wn.T + bn).argmax(1) != ncc))
+    assert 0 < out["nc4"] < 1
+
+
+def test_bad_inputs_raise():
+    H, y = _blobs(K=3)
+    with pytest.raises(ValueError, match="same d"):
+        nc_metrics(H, y, torch.randn(3, 5))
+    with pytest.raises(ValueError, match="same shape"):
+        self_duality(torch.randn(3, 4), torch.randn(3, 5))
+    with pytest.raises(ValueError, match="no examples"):
+        nc1(H, y, num_classes=4)
+    with pytest.raises(ValueError):
+        measure_epochs(0, 5)
+
+
+def test_projection_to_means_plane_keeps_distances():
+    H, y = _blobs(K=3, n=20, d=15)
+    W = torch.randn(3, 15)
+    feats, means, _ = project_to_means_plane(H, y, W)
+    assert feats.shape == (60, 2) and means.shape == (3, 2)
+    centred = torch.stack([H[y == k].mean(0) for k in range(3)]).double()
+    centred -= centred.mean(0)
+    assert torch.allclose(torch.cdist(means, means), torch.cdist(centred, centred), atol=1e-6)
+
+
+def test_training_callback_records_collapse():
+    from utils.models import FeatureMLP
+    from utils.train import fit
+    torch.manual_seed(0)
+    H, y = _blobs(K=3, n=40, d=20, spread=2.0, seed=7)
+    model = FeatureMLP(20, 32, 1, 3)
+    when = measure_epochs(60, 4)
+    cb = nc_callback(H.float(), y, H.float(), y, when, 3)
+    hist = fit(model, H.float(), y, 60, "momentum", lr=0.05, weight_decay=5e-3, batch_size=32,
+               progress=False, callback=cb)
+    recs = [r for r in hist.extra if r]
+    assert [r["epoch"] for r in recs] == when
+    assert recs[-1]["train_accuracy"] == 1.0
+    assert recs[-1]["nc1"] < recs[0]["nc1"] / 10
+
+
+def test_convnets_shapes():
+    from utils.convnets import resnet18, small_cnn, vgg11
+    for net, c, s in ((small_cnn(1, 10), 1, 28), (vgg11(1, 4), 1, 32), (resnet18(3, 5), 3, 32)):
+        x = torch.randn(2, c, s, s)
+        assert net(x).shape == (2, net.classifier.out_features)
+        assert net.penultimate(x).shape == (2, net.classifier.in_features)
