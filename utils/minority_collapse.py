@@ -233,7 +233,7 @@ def _solve_symmetric_cached(K: int, KA: int, ratio: float, E_W: float, E_H: floa
     EW.value, EH.value = E_W, E_H
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "solution may be inaccurate" near the collapse threshold
-        problem.solve(solver="CLARABEL")
+        problem.solve(solver="CLARABEL", tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
         if problem.status not in ("optimal", "optimal_inaccurate"):
             problem.solve(solver="SCS", eps=1e-9, max_iters=100000)
     if problem.status not in ("optimal", "optimal_inaccurate"):
