@@ -1,0 +1,137 @@
+"""Tests for utils.ntk: the closed-form kernel, the empirical NTK, the trainer and the kernel trajectory."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from utils import ntk
+
+
+def unit_inputs(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return ntk.unit_rows(torch.randn(n, d, generator=g, dtype=torch.float64))
+
+
+def test_h_infinity_is_the_large_width_average_of_the_empirical_ntk():
+    X = unit_inputs(8, 6)
+    H_inf = ntk.h_infinity(X)
+    draws = [ntk.empirical_ntk(*ntk.init_two_layer(20000, 6, kappa=0.5, seed=s, dtype=torch.float64), X)
+             for s in range(5)]
+    H_mc = torch.stack(draws).mean(0)
+    assert (H_mc - H_inf).abs().max() < 1e-2
+    assert torch.allclose(torch.diagonal(H_inf), torch.full((8,), 0.5, dtype=torch.float64))
+
+
+def test_h_infinity_is_positive_definite_on_distinct_unit_inputs():
+    X = unit_inputs(30, 5, seed=1)
+    X = torch.cat([X, ntk.unit_rows(X[:1] + 1e-2 * X[1:2])])       # a nearly parallel pair
+    lam = torch.linalg.eigvalsh(ntk.h_infinity(X))
+    assert lam.min() > 0
+
+
+def test_torch_func_ntk_equals_hand_written_gradient_outer_product():
+    X = unit_inputs(5, 4, seed=2)
+    W, a = ntk.init_two_layer(7, 4, kappa=1.0, seed=3, dtype=torch.float64)
+    m = W.shape[0]
+    J = torch.stack([(a * (W @ x > 0))[:, None] * x[None, :] / math.sqrt(m) for x in X]).reshape(5, -1)
+    by_hand = J @ J.T
+    assert torch.allclose(ntk.empirical_ntk(W, a, X), by_hand, atol=1e-12)
+    assert torch.allclose(ntk.ntk_from_gradient(W, a, X), by_hand, atol=1e-12)
+
+
+def test_kernel_prediction_starts_at_the_initial_outputs_and_follows_the_linear_recursion():
+    X = unit_inputs(10, 6, seed=4)
+    H = ntk.h_infinity(X)
+    y = torch.sign(torch.randn(10, generator=torch.Generator().manual_seed(5), dtype=torch.float64))
+    u0 = 0.1 * torch.randn(10, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    eta = 1.0 / float(torch.linalg.eigvalsh(H)[-1])
+    U = ntk.kernel_prediction(H, y, eta, [0, 1, 2], u0)
+    assert torch.allclose(U[0] - y, u0 - y, atol=1e-12)                       # the initial gap
+    assert torch.allclose(ntk.kernel_prediction(H, y, eta, [0])[0], torch.zeros(10, dtype=torch.float64),
+                          atol=1e-12)
+    step = torch.eye(10, dtype=torch.float64) - eta * H
+    assert torch.allclose(U[2] - y, step @ (U[1] - y), atol=1e-10)
+    loss = ntk.kernel_loss_curve(H, y, eta, [0, 2], u0)
+    assert torch.allclose(loss, 0.5 * ((U[[0, 2]] - y) ** 2).sum(1), atol=1e-10)
+
+
+def test_steps_to_fraction_is_the_first_crossing():
+    X = unit_inputs(12, 5, seed=7)
+    H = ntk.h_infinity(X)
+    y = torch.sign(torch.randn(12, generator=torch.Generator().manual_seed(8), dtype=torch.float64))
+    eta = 1.0 / float(torch.linalg.eigvalsh(H)[-1])
+    t = ntk.steps_to_fraction(H, y, eta, 0.01)
+    loss = ntk.kernel_loss_curve(H, y, eta, [0, t - 1, t])
+    assert loss[2] <= 0.01 * loss[0] < loss[1]
+
+
+def test_complexity_measure_and_projections():
+    X = unit_inputs(15, 6, seed=9)
+    H = ntk.h_infinity(X)
+    y = torch.sign(torch.randn(15, generator=torch.Generator().manual_seed(10), dtype=torch.float64))
+    direct = math.sqrt(2 * float(y @ torch.linalg.solve(H, y)) / 15)
+    assert ntk.complexity_measure(H, y) == pytest.approx(direct, rel=1e-9)
+    proj = ntk.label_projections(H, y)
+    assert proj["cumulative"][-1] == pytest.approx(1.0)
+    assert (proj["eigenvalues"][:-1] >= proj["eigenvalues"][1:]).all()
+
+
+def test_closed_form_gradient_descent_matches_autograd():
+    X = unit_inputs(12, 5, seed=11).float()
+    y = torch.sign(torch.randn(12, generator=torch.Generator().manual_seed(12)))
+    eta, widths = 0.05, (3, 40)
+    out = ntk.train_widths(X, y[None], widths, steps=2, eta=eta, kappa=1.0, seed=0, X_test=X, kernel_points=12)
+    for k, m in enumerate(widths):
+        W, a = ntk.init_two_layer(m, 5, 1.0, seed=k)
+        W0 = W.clone()
+        losses = []
+        for _ in range(3):
+            W.requires_grad_(True)
+            loss = 0.5 * ((ntk.two_layer_forward(W, a, X) - y) ** 2).sum()
+            losses.append(float(loss.detach()))
+            (grad,) = torch.autograd.grad(loss, W)
+            W = (W - eta * grad).detach()
+        assert torch.allclose(out["loss"][:, k].float(), torch.tensor(losses), rtol=1e-5)
+        W2 = W + eta * grad                                   # undo the third step: W after two steps
+        rwc = float((W2 - W0).norm() / W0.norm())
+        assert out["relative_weight_change"][k] == pytest.approx(rwc, rel=1e-4)
+        assert torch.allclose(out["f_test"][k].float(), ntk.two_layer_forward(W2, a, X), atol=1e-5)
+
+
+def test_relative_weight_change_falls_like_inverse_square_root_of_width():
+    X = unit_inputs(20, 10, seed=13).float()
+    y = torch.sign(torch.randn(20, generator=torch.Generator().manual_seed(14)))
+    H = ntk.h_infinity(X)
+    eta = 1.0 / float(torch.linalg.eigvalsh(H)[-1])
+    widths = (200, 800, 3200)
+    out = ntk.train_widths(X, y[None], widths, steps=30, eta=eta, kappa=1.0, seed=0, kernel_points=20)
+    slope, _ = ntk.fit_power_law(widths, out["relative_weight_change"].tolist())
+    assert -0.65 < slope < -0.35
+    assert out["kernel_change"][0] > out["kernel_change"][-1]
+
+
+def test_random_labels_are_balanced_within_each_class_and_seeded():
+    y = torch.tensor([1.0] * 10 + [-1.0] * 7)
+    r = ntk.random_labels(y, seed=3)
+    assert set(r.tolist()) == {-1.0, 1.0}
+    assert r[:10].sum() == 0 and abs(float(r[10:].sum())) == 1
+    assert torch.equal(r, ntk.random_labels(y, seed=3))
+    assert not torch.equal(r, ntk.random_labels(y, seed=4))
+
+
+def test_bad_inputs_raise():
+    X = unit_inputs(4, 3)
+    with pytest.raises(ValueError, match="width"):
+        ntk.init_two_layer(0, 3)
+    with pytest.raises(ValueError, match="width"):
+        ntk.train_widths(X, torch.ones(1, 4), [0], steps=1, eta=0.1)
+    with pytest.raises(ValueError, match="unit-norm"):
+        ntk.h_infinity(2 * X)
+    with pytest.raises(ValueError, match="unit-norm"):
+        ntk.train_widths(2 * X, torch.ones(1, 4), [5], steps=1, eta=0.1)
+    with pytest.raises(ValueError, match="fraction"):
+        ntk.steps_to_fraction(ntk.h_infinity(X), torch.ones(4), 0.1, fraction=1.5)
+    with pytest.raises(ValueError, match="positive definite"):
+        ntk.complexity_measure(ntk.h_infinity(torch.cat([X, X[:1]])), torch.ones(5))

@@ -1,0 +1,483 @@
+"""Wide two-layer ReLU networks and their neural tangent kernel (Du et al., 2019; Arora et al., 2019).
+
+The network is
+
+    f(x) = m^{-1/2} sum_r a_r ReLU(w_r^T x),   a_r in {-1, +1} fixed,  w_r ~ N(0, kappa^2 I_d),
+
+trained on the squared loss Phi(W) = 1/2 sum_i (f(x_i) - y_i)^2 by full-batch gradient descent on
+W only.  For unit-norm inputs its neural tangent kernel converges, as m grows, to
+
+    H^inf_ij = x_i^T x_j (pi - arccos x_i^T x_j) / (2 pi),
+
+and the training outputs follow u(t) = y + (I - eta H^inf)^t (u(0) - y), which is
+(I - (I - eta H^inf)^t) y when u(0) = 0.  This module holds the closed form, the empirical NTK
+(by ``torch.func`` and by the closed form of the ReLU network's gradient), a batched trainer that
+runs many widths and label vectors as one computation, the kernel trajectory, the complexity
+measure sqrt(2 y^T (H^inf)^{-1} y / n) of Arora et al.'s generalisation bound, and the experiment
+behind ``python -m utils.reproduce ntk``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.func import jacrev, vmap
+
+from .data import load_dataset
+from .train import progress_bar
+
+UNIT_NORM_TOL = 1e-4
+
+# Quick: a laptop CPU in about half a minute; full: the paper's scale, for a GPU.
+PROFILES = {
+    "quick": dict(classes=(0, 1), hard_classes=(0, 6), per_class=500, test_per_class=500, resize=14,
+                  widths=(100, 316, 1000, 3162, 10000), steps=60, eta_scale=1.0, kappa=1.0,
+                  kernel_points=400, seed=0),
+    "full": dict(classes=(0, 1), hard_classes=(0, 6), per_class=500, test_per_class=1000, resize=None,
+                 widths=(100, 316, 1000, 3162, 10000, 31623, 50000), steps=1000, eta_scale=1.0,
+                 kappa=1.0, kernel_points=1000, seed=0),
+}
+
+
+# ----------------------------------------------------------------------------- input checks
+
+def check_unit_norm(X: torch.Tensor, tol: float = UNIT_NORM_TOL) -> None:
+    """Raise ``ValueError`` unless every row of ``X: (n, d)`` has Euclidean norm 1 (within ``tol``)."""
+    if X.dim() != 2:
+        raise ValueError(f"inputs must be a 2-D (n, d) matrix, got shape {tuple(X.shape)}")
+    norms = X.double().norm(dim=1)
+    worst = (norms - 1).abs().max().item() if len(norms) else 0.0
+    if worst > tol:
+        raise ValueError(f"inputs must be unit-norm for the closed-form kernel; the worst row norm is off by "
+                         f"{worst:.3g} (normalise with X / X.norm(dim=1, keepdim=True))")
+
+
+def _check_width(width: int) -> None:
+    if int(width) != width or width < 1:
+        raise ValueError(f"width must be a positive integer, got {width}")
+
+
+# ----------------------------------------------------------------------------- kernels
+
+def h_infinity(X: torch.Tensor, Z: torch.Tensor | None = None) -> torch.Tensor:
+    """The infinite-width NTK of the two-layer ReLU net (first-layer weights), in float64.
+
+    Args:
+        X: (n, d) unit-norm inputs; Z: (k, d) unit-norm inputs or None for Z = X.
+    Returns:
+        (n, k) matrix with entries x_i^T z_j (pi - arccos x_i^T z_j) / (2 pi).
+    Raises:
+        ValueError: a row that is not unit-norm.
+    """
+    check_unit_norm(X)
+    Z = X if Z is None else Z
+    check_unit_norm(Z)
+    G = (X.double() @ Z.double().T).clamp(-1.0, 1.0)
+    return G * (math.pi - torch.arccos(G)) / (2 * math.pi)
+
+
+def init_two_layer(width: int, dim: int, kappa: float = 1.0, seed: int = 0,
+                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random initialisation: ``W: (m, d)`` with entries N(0, kappa^2), signs ``a: (m,)`` uniform in {-1, +1}."""
+    _check_width(width)
+    if kappa <= 0:
+        raise ValueError(f"kappa (the scale of the first-layer weights) must be positive, got {kappa}")
+    if dim < 1:
+        raise ValueError(f"input dimension must be positive, got {dim}")
+    g = torch.Generator().manual_seed(seed)
+    W = kappa * torch.randn(width, dim, generator=g, dtype=torch.float64)
+    a = torch.where(torch.rand(width, generator=g) < 0.5, -1.0, 1.0).double()
+    return W.to(device=device, dtype=dtype), a.to(device=device, dtype=dtype)
+
+
+def two_layer_forward(W: torch.Tensor, a: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """Outputs f(x_i) = m^{-1/2} sum_r a_r ReLU(w_r^T x_i).  W: (m, d), a: (m,), X: (n, d) -> (n,)."""
+    return torch.relu(X @ W.T) @ a / math.sqrt(W.shape[0])
+
+
+def empirical_ntk(W: torch.Tensor, a: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """The finite network's NTK w.r.t. W by ``torch.func``: J J^T with J_i = df(x_i)/dW.
+
+    Args:
+        W: (m, d), a: (m,), X: (n, d).   Memory O(n m d): meant for small n m d.
+    Returns:
+        (n, n) kernel.
+    """
+    def f_single(W_: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return two_layer_forward(W_, a, x[None])[0]
+
+    J = vmap(jacrev(f_single), in_dims=(None, 0))(W, X).reshape(X.shape[0], -1)
+    return J @ J.T
+
+
+def ntk_from_gradient(W: torch.Tensor, a: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """The same kernel from the closed-form gradient df(x)/dw_r = m^{-1/2} a_r 1{w_r^T x > 0} x.
+
+    H(W)_ij = x_i^T x_j * (1/m) sum_r a_r^2 1{w_r^T x_i > 0} 1{w_r^T x_j > 0}.
+    W: (m, d), a: (m,), X: (n, d) -> (n, n).
+    """
+    M = (X @ W.T > 0).to(X.dtype) * a.abs()
+    return (X @ X.T) * (M @ M.T) / W.shape[0]
+
+
+# ----------------------------------------------------------------------------- kernel predictions
+
+Eig = tuple[torch.Tensor, torch.Tensor]
+
+
+def kernel_eig(H: torch.Tensor) -> Eig:
+    """Eigenvalues (ascending) and eigenvectors of a symmetric kernel ``H: (n, n)``, in float64.
+
+    Pass the result as ``eig=`` to the functions below to decompose H only once.
+    """
+    return torch.linalg.eigh(H.double())
+
+
+def _eig(H: torch.Tensor, eig: Eig | None) -> Eig:
+    return kernel_eig(H) if eig is None else eig
+
+
+def kernel_prediction(H: torch.Tensor, y: torch.Tensor, eta: float, steps: Sequence[int] | torch.Tensor,
+                      u0: torch.Tensor | None = None, eig: Eig | None = None) -> torch.Tensor:
+    """Outputs of gradient descent in the kernel regime: u(t) = y + (I - eta H)^t (u0 - y).
+
+    With u0 = 0 (the default) this is u(t) = (I - (I - eta H)^t) y; at t = 0 it returns u0,
+    so u(0) - y is the initial outputs' gap to the targets.
+    Args:
+        H: (n, n) symmetric PSD kernel; y: (n,) targets; eta: step size; steps: (T,) non-negative ints;
+        u0: (n,) initial outputs or None.
+    Returns:
+        (T, n) float64.
+    """
+    lam, V = _eig(H, eig)
+    y = y.double().to(lam.device)
+    u0 = torch.zeros_like(y) if u0 is None else u0.double().to(lam.device)
+    t = torch.as_tensor(steps, dtype=torch.float64, device=lam.device).reshape(-1, 1)
+    if (t < 0).any():
+        raise ValueError("steps must be non-negative")
+    decay = (1 - eta * lam)[None, :] ** t                 # (T, n)
+    return y[None, :] + (decay * (V.T @ (u0 - y))[None, :]) @ V.T
+
+
+def kernel_test_prediction(H: torch.Tensor, H_test: torch.Tensor, y: torch.Tensor, eta: float,
+                           steps: Sequence[int], u0: torch.Tensor | None = None,
+                           f0_test: torch.Tensor | None = None, eig: Eig | None = None) -> torch.Tensor:
+    """Kernel-regime outputs on held-out inputs: f(t) = f0 + H_test H^{-1} (I - (I - eta H)^t)(y - u0).
+
+    H: (n, n), H_test: (k, n) kernel between test and training inputs, y: (n,) -> (T, k) float64.
+    """
+    lam, V = _eig(H, eig)
+    y = y.double().to(lam.device)
+    u0 = torch.zeros_like(y) if u0 is None else u0.double().to(lam.device)
+    t = torch.as_tensor(steps, dtype=torch.float64, device=lam.device).reshape(-1, 1)
+    coef = (1 - (1 - eta * lam)[None, :] ** t) / lam[None, :]          # (T, n)
+    alpha = (coef * (V.T @ (y - u0))[None, :]) @ V.T                   # (T, n)
+    out = alpha @ H_test.double().T
+    return out if f0_test is None else out + f0_test.double()[None, :]
+
+
+def kernel_loss_curve(H: torch.Tensor, y: torch.Tensor, eta: float, steps: Sequence[int],
+                      u0: torch.Tensor | None = None, eig: Eig | None = None) -> torch.Tensor:
+    """Loss 1/2 ||u(t) - y||^2 of the kernel trajectory, (T,) float64, from the eigen-expansion."""
+    lam, V = _eig(H, eig)
+    y = y.double().to(lam.device)
+    u0 = torch.zeros_like(y) if u0 is None else u0.double().to(lam.device)
+    p2 = (V.T @ (u0 - y)) ** 2
+    t = torch.as_tensor(steps, dtype=torch.float64, device=lam.device).reshape(-1, 1)
+    return 0.5 * ((1 - eta * lam)[None, :].abs() ** (2 * t) * p2[None, :]).sum(1)
+
+
+def steps_to_fraction(H: torch.Tensor, y: torch.Tensor, eta: float, fraction: float = 0.01,
+                      max_steps: int = 10**12, eig: Eig | None = None) -> int:
+    """Fewest GD steps after which the kernel trajectory's loss is at most ``fraction`` of its initial value.
+
+    Uses u(0) = 0 and the closed form, so it costs one eigendecomposition, whatever the answer.
+    Raises ValueError for fraction outside (0, 1) or a step size that does not contract (eta * lambda not in (0, 2)).
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
+    lam, V = _eig(H, eig)
+    if lam.min() <= 0 or eta * lam.max() >= 2:
+        raise ValueError(f"need 0 < eta * lambda < 2 for every eigenvalue; got eta*lambda in "
+                         f"[{eta * lam.min().item():.3g}, {eta * lam.max().item():.3g}]")
+    p2 = (V.T @ y.double().to(lam.device)) ** 2
+    log_decay = 2 * torch.log((1 - eta * lam).abs().clamp_min(1e-300))
+
+    def ratio(t: int) -> float:
+        return float((torch.exp(t * log_decay) * p2).sum() / p2.sum())
+
+    lo, hi = 0, 1
+    while ratio(hi) > fraction:
+        lo, hi = hi, hi * 2
+        if hi > max_steps:
+            return max_steps
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if ratio(mid) > fraction else (lo, mid)
+    return hi
+
+
+def complexity_measure(H: torch.Tensor, y: torch.Tensor, eig: Eig | None = None) -> float:
+    """sqrt(2 y^T H^{-1} y / n), the data-dependent term of Arora et al.'s generalisation bound.
+
+    H: (n, n) positive definite, y: (n,).  Raises ValueError if H is singular to working precision
+    (smallest eigenvalue below 1e-12 times the largest), e.g. when two inputs coincide.
+    """
+    lam, V = _eig(H, eig)
+    if lam[0] <= 1e-12 * lam[-1].abs():
+        raise ValueError(f"H is not positive definite (smallest eigenvalue {lam[0].item():.3g}); "
+                         "are two inputs parallel?")
+    p = V.T @ y.double().to(lam.device)
+    return math.sqrt(2 * float((p ** 2 / lam).sum()) / y.shape[0])
+
+
+def label_projections(H: torch.Tensor, y: torch.Tensor, eig: Eig | None = None) -> dict[str, np.ndarray]:
+    """Eigenvalues of H (descending) and the squared projections (v_i^T y)^2 / ||y||^2 of y on its eigenvectors.
+
+    Returns dict with ``eigenvalues`` (n,), ``energy`` (n,) summing to 1, and ``cumulative`` (n,).
+    """
+    lam, V = _eig(H, eig)
+    lam, V = lam.flip(0), V.flip(1)
+    y = y.double().to(lam.device)
+    energy = (V.T @ y) ** 2 / (y @ y)
+    return {"eigenvalues": lam.cpu().numpy(), "energy": energy.cpu().numpy(),
+            "cumulative": energy.cumsum(0).cpu().numpy()}
+
+
+# ----------------------------------------------------------------------------- data
+
+def unit_rows(X: torch.Tensor) -> torch.Tensor:
+    """Rows of ``X: (n, d)`` scaled to unit Euclidean norm."""
+    norms = X.norm(dim=1, keepdim=True)
+    if (norms == 0).any():
+        raise ValueError("an input is the zero vector and cannot be unit-normalised")
+    return X / norms
+
+
+def two_class_data(classes: Sequence[int] = (0, 1), per_class: int = 500, test_per_class: int = 500,
+                   resize: int | None = 14, seed: int = 0, device: torch.device | str = "cpu"
+                   ) -> dict[str, torch.Tensor]:
+    """Two Fashion-MNIST classes as unit-norm vectors with labels +1 (first class) and -1 (second).
+
+    Images are standardised (utils.data), optionally resized to ``resize`` x ``resize``, flattened,
+    centred by the training mean image, and scaled to unit norm.
+    Returns dict with ``X`` (n, d), ``y`` (n,), ``X_test`` (k, d), ``y_test`` (k,), all float32.
+    """
+    if len(classes) != 2 or classes[0] == classes[1]:
+        raise ValueError(f"need two distinct classes, got {classes}")
+    X, y = load_dataset("fashion-mnist", train=True, per_class=per_class, classes=list(classes),
+                        resize=resize, seed=seed)
+    Xt, yt = load_dataset("fashion-mnist", train=False, per_class=test_per_class, classes=list(classes),
+                          resize=resize, seed=seed)
+    X, Xt = X.flatten(1), Xt.flatten(1)
+    mean = X.mean(0, keepdim=True)
+    out = {"X": unit_rows(X - mean), "y": 1.0 - 2.0 * y.float(),
+           "X_test": unit_rows(Xt - mean), "y_test": 1.0 - 2.0 * yt.float()}
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def random_labels(y: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Random +-1 labels carrying no information about the class: within each class of ``y: (n,)``,
+    a seeded random half (rounded down) gets +1 and the rest -1, so sum_i y_i * random_i is (almost) 0."""
+    g = torch.Generator().manual_seed(seed)
+    y_cpu = y.cpu()
+    out = torch.empty(len(y_cpu), dtype=torch.float32)
+    for c in y_cpu.unique():
+        idx = torch.nonzero(y_cpu == c).flatten()
+        signs = torch.ones(len(idx))
+        signs[: len(idx) // 2] = -1.0
+        out[idx] = signs[torch.randperm(len(idx), generator=g)]
+    return out.to(y.device)
+
+
+# ----------------------------------------------------------------------------- batched training
+
+def train_widths(X: torch.Tensor, Y: torch.Tensor, widths: Sequence[int], steps: int, eta: float,
+                 kappa: float = 1.0, seed: int = 0, X_test: torch.Tensor | None = None,
+                 kernel_points: int = 400, progress: bool = False) -> dict[str, torch.Tensor]:
+    """Full-batch GD on W for every (label vector, width) pair, with the closed-form gradient.
+
+    Every network is stepped in the same loop over steps, with two large matrix products per network
+    and preallocated buffers (no autograd, no per-step allocation):
+        P = X W^T,   u = ReLU(P) a / sqrt(m),   grad W = (a / sqrt(m)) * (1{P > 0}^T ((u - y) * X)),
+    the gradient of 1/2 ||u - y||^2.  Network g = (l, k) fits labels Y[l] with width widths[k]; the same
+    initialisation (seed + k) is used for every label vector at a given width.
+
+    Args:
+        X: (n, d) unit-norm inputs; Y: (L, n) label vectors; widths: K widths; steps: T;
+        eta: step size; kappa: init scale; X_test: (k, d) or None; kernel_points: how many training
+        inputs (a seeded random subset) the NTK change is measured on.
+    Returns (G = L * K networks, ordered label-major: g = l * K + k):
+        ``loss`` (T+1, G) 1/2 ||u - y||^2 at each step; ``u0``, ``u`` (G, n) initial and final outputs;
+        ``f0_test``, ``f_test`` (G, k); ``relative_weight_change`` (G,) ||W(T) - W(0)||_F / ||W(0)||_F;
+        ``kernel_change`` (G,) ||H(T) - H(0)||_F / ||H(0)||_F on the kernel points;
+        ``pattern_change`` (G,) fraction of activation signs 1{w_r^T x_i > 0} on X that flipped.
+    """
+    check_unit_norm(X)
+    for w in widths:
+        _check_width(w)
+    if steps < 0:
+        raise ValueError(f"steps must be non-negative, got {steps}")
+    device, dtype = X.device, X.dtype
+    Y = Y.to(device=device, dtype=dtype).reshape(-1, X.shape[0])
+    L, K, n = Y.shape[0], len(widths), X.shape[0]
+    nets = []
+    for l in range(L):
+        for k, m in enumerate(widths):
+            W, a = init_two_layer(m, X.shape[1], kappa, seed + k, device, dtype)
+            P = X @ W.T
+            nets.append({"W": W, "W0": W.clone(), "coef": (a / math.sqrt(m))[:, None], "y": Y[l], "m": m,
+                         "P": P, "M": torch.empty_like(P), "M0": P > 0, "grad": torch.empty_like(W)})
+    G = len(nets)
+    losses = torch.empty(steps + 1, G, dtype=torch.float64)
+    u_init, u_last = torch.empty(G, n, dtype=torch.float64), torch.empty(G, n, dtype=torch.float64)
+    for t in progress_bar(range(steps + 1), desc="GD steps", enabled=progress):
+        for g, net in enumerate(nets):
+            P, M = net["P"], net["M"]
+            if t:
+                torch.mm(X, net["W"].T, out=P)
+            P.clamp_min_(0.0)                                   # P now holds ReLU(X W^T)
+            u = (P @ net["coef"]).squeeze(1)
+            r = u - net["y"]
+            losses[t, g] = 0.5 * float(r.double().square().sum())
+            if t == 0:
+                u_init[g] = u.double().cpu()
+            if t == steps:
+                u_last[g] = u.double().cpu()
+                continue
+            torch.sign(P, out=M)                                # 1{w_r^T x_i > 0}
+            torch.mm(M.T, r[:, None] * X, out=net["grad"])
+            net["W"].addcmul_(net["coef"], net["grad"], value=-eta)
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:kernel_points].to(device)
+    Kx = X[idx] @ X[idx].T
+    out = {"loss": losses, "u0": u_init, "u": u_last}
+    rwc, kc, flips = (torch.empty(G, dtype=torch.float64) for _ in range(3))
+    for g, net in enumerate(nets):
+        W, W0, m = net["W"], net["W0"], net["m"]
+        rwc[g] = float((W - W0).norm() / W0.norm())
+        M1 = net["P"] > 0
+        flips[g] = float((M1 != net["M0"]).double().mean())
+        A0, A1 = net["M0"][idx].to(dtype), M1[idx].to(dtype)
+        H0, H1 = Kx * (A0 @ A0.T) / m, Kx * (A1 @ A1.T) / m
+        kc[g] = float((H1 - H0).norm() / H0.norm())
+    out.update(relative_weight_change=rwc, kernel_change=kc, pattern_change=flips)
+    if X_test is not None:
+        check_unit_norm(X_test)
+        out["f0_test"] = torch.stack([(torch.relu(X_test @ net["W0"].T) @ net["coef"])[:, 0]
+                                      for net in nets]).double().cpu()
+        out["f_test"] = torch.stack([(torch.relu(X_test @ net["W"].T) @ net["coef"])[:, 0]
+                                     for net in nets]).double().cpu()
+    return out
+
+
+def fit_power_law(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Least-squares slope and intercept of log y against log x."""
+    slope, intercept = np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)
+    return float(slope), float(intercept)
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+def kernel_summary(data: dict[str, torch.Tensor], y_random: torch.Tensor, eta_scale: float = 1.0,
+                   checkpoints: Sequence[int] = ()) -> dict:
+    """Kernel-side numbers for one class pair: spectrum, projections, complexity, speed, kernel test error.
+
+    Returns dict with ``H`` (n, n), ``eig``, ``eta`` = eta_scale / lambda_max, ``eigenvalues`` (n,, descending)
+    and per label set (``true``, ``random``): ``energy``/``cumulative`` (n,), ``complexity``,
+    ``steps_to_1pct``, ``kernel_test_error`` at ``checkpoints`` (u(0) = 0), and
+    ``kernel_test_error_converged`` (t = infinity: kernel regression interpolating the labels).
+    """
+    X, Xt = data["X"], data["X_test"]
+    H, Ht = h_infinity(X), h_infinity(Xt, X)
+    eig = kernel_eig(H)
+    eta = eta_scale / float(eig[0][-1])
+    yt = data["y_test"].double().to(H.device)
+    out: dict = {"H": H, "eig": eig, "eta": eta, "lambda_max": float(eig[0][-1]),
+                 "lambda_min": float(eig[0][0])}
+    for name, y in (("true", data["y"]), ("random", y_random)):
+        proj = label_projections(H, y, eig)
+        out.setdefault("eigenvalues", proj["eigenvalues"])
+        lam, V = eig
+        f_inf = Ht @ (V @ ((V.T @ y.double().to(H.device)) / lam))
+        entry = {"energy": proj["energy"], "cumulative": proj["cumulative"],
+                 "complexity": complexity_measure(H, y, eig),
+                 "steps_to_1pct": steps_to_fraction(H, y, eta, 0.01, eig=eig),
+                 "kernel_test_error_converged": float((torch.sign(f_inf) != yt).double().mean())}
+        if len(checkpoints):
+            ft = kernel_test_prediction(H, Ht, y, eta, checkpoints, eig=eig)
+            entry["kernel_test_error"] = (torch.sign(ft) != yt[None, :]).double().mean(1).cpu().numpy()
+        out[name] = entry
+    return out
+
+
+LABEL_SETS = ("true", "random")
+
+
+def run(profile: str = "quick", device: torch.device | str = "cpu", progress: bool = True) -> dict:
+    """The chapter's experiment.
+
+    Returns ``runs``: rows ``{labels, width, relative_weight_change, kernel_change, complexity,
+    steps_to_1pct, test_error, kernel_prediction_gap, pattern_change, train_loss_fraction}``, and the
+    curves the notebook plots (``loss_curves``, ``spectrum``, ``kernel_test_error``, ``hard_pair``).
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    cfg = PROFILES[profile]
+    device = torch.device(device)
+    data = two_class_data(cfg["classes"], cfg["per_class"], cfg["test_per_class"], cfg["resize"],
+                          cfg["seed"], device)
+    Y = torch.stack([data["y"], random_labels(data["y"], cfg["seed"] + 1)])
+    checkpoints = np.unique(np.round(np.logspace(0, 5, 41)).astype(int)).tolist()
+    summary = kernel_summary(data, Y[1], cfg["eta_scale"], checkpoints)
+    H, eig, eta = summary["H"], summary["eig"], summary["eta"]
+    trained = train_widths(data["X"], Y, cfg["widths"], cfg["steps"], eta, cfg["kappa"], cfg["seed"],
+                           data["X_test"], cfg["kernel_points"], progress)
+    K = len(cfg["widths"])
+    rows = []
+    yt = data["y_test"].double().cpu()
+    for l, name in enumerate(LABEL_SETS):
+        for k, m in enumerate(cfg["widths"]):
+            g = l * K + k
+            u_kernel = kernel_prediction(H, Y[l], eta, [cfg["steps"]], trained["u0"][g], eig=eig)[0].cpu()
+            gap = float((trained["u"][g] - u_kernel).norm() / Y[l].double().norm().cpu())
+            rows.append({"labels": name, "width": int(m),
+                         "relative_weight_change": float(trained["relative_weight_change"][g]),
+                         "kernel_change": float(trained["kernel_change"][g]),
+                         "complexity": summary[name]["complexity"],
+                         "steps_to_1pct": int(summary[name]["steps_to_1pct"]),
+                         "test_error": float((torch.sign(trained["f_test"][g]) != yt).double().mean()),
+                         "kernel_prediction_gap": gap,
+                         "pattern_change": float(trained["pattern_change"][g]),
+                         "train_loss_fraction": float(trained["loss"][-1, g] / trained["loss"][0, g])})
+    steps_axis = list(range(cfg["steps"] + 1))
+    hard = two_class_data(cfg["hard_classes"], cfg["per_class"], cfg["test_per_class"], cfg["resize"],
+                          cfg["seed"], device)
+    hard_summary = kernel_summary(hard, random_labels(hard["y"], cfg["seed"] + 1), cfg["eta_scale"])
+    slope = {name: fit_power_law(cfg["widths"], [r["relative_weight_change"] for r in rows
+                                                 if r["labels"] == name])[0] for name in LABEL_SETS}
+    return {
+        "runs": rows,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
+        "n": int(len(data["y"])), "dim": int(data["X"].shape[1]), "eta": eta,
+        "lambda_max": summary["lambda_max"], "lambda_min": summary["lambda_min"],
+        "weight_change_slope": slope,
+        "loss_curves": {"steps": steps_axis,
+                        "network": {name: trained["loss"][:, l * K:(l + 1) * K].T.numpy()
+                                    for l, name in enumerate(LABEL_SETS)},
+                        "kernel": {name: kernel_loss_curve(H, Y[l], eta, steps_axis, eig=eig).cpu().numpy()
+                                   for l, name in enumerate(LABEL_SETS)}},
+        "spectrum": {"eigenvalues": summary["eigenvalues"],
+                     **{name: {"energy": summary[name]["energy"], "cumulative": summary[name]["cumulative"]}
+                        for name in LABEL_SETS}},
+        "kernel_test_error": {"steps": checkpoints,
+                              **{name: summary[name]["kernel_test_error"] for name in LABEL_SETS},
+                              **{f"{name}_converged": summary[name]["kernel_test_error_converged"]
+                                 for name in LABEL_SETS}},
+        "hard_pair": {"classes": list(cfg["hard_classes"]),
+                      **{name: {k: hard_summary[name][k] for k in
+                                ("complexity", "steps_to_1pct", "kernel_test_error_converged", "cumulative")}
+                         for name in LABEL_SETS}},
+    }
