@@ -25,6 +25,7 @@ has 2K vectors in R^p:
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -127,6 +128,24 @@ def scaled_gram(gram: np.ndarray, E_W: float, E_H: float) -> np.ndarray:
     return np.asarray(gram) / np.outer(s, s)
 
 
+class cpu_threads:
+    """Context manager: ``n`` intra-op CPU threads inside, the previous number restored afterwards.
+
+    The LPM's tensors are tiny, so one thread is fastest and immune to a busy machine."""
+
+    def __init__(self, n: int | None = 1, device: torch.device | str | None = None):
+        self.n = n if (n and (device is None or torch.device(device).type == "cpu")) else None
+
+    def __enter__(self):
+        self.saved = torch.get_num_threads()
+        if self.n:
+            torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.saved)
+
+
 def _project(V: torch.Tensor, radius_sq: float) -> torch.Tensor:
     """Project each restart's (K, p) matrix onto the Frobenius ball ``||V||_F^2 <= radius_sq``."""
     norm = V.flatten(1).norm(dim=1).clamp_min(1e-300)[:, None, None]
@@ -167,8 +186,14 @@ def solve_lpm(class_sizes: Sequence[int], p: int, E_W: float, E_H: float, restar
     n = _check_inputs(class_sizes, E_W, E_H, p)
     if restarts < 1 or steps < 1:
         raise ValueError(f"restarts and steps must be at least 1, got {restarts}, {steps}")
-    K = n.size
     dev = torch.device(device) if device is not None else torch.device("cpu")
+    with cpu_threads(1, dev):
+        return _solve_lpm(n, p, E_W, E_H, restarts, steps, seed, dev, lr, tol)
+
+
+def _solve_lpm(n: np.ndarray, p: int, E_W: float, E_H: float, restarts: int, steps: int, seed: int,
+               dev: torch.device, lr: float | None, tol: float) -> LPMSolution:
+    K = n.size
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(restarts, K, p, generator=g, dtype=torch.float64).to(dev)
@@ -249,7 +274,9 @@ def solve_lpm_convex(class_sizes: Sequence[int], E_W: float, E_H: float, solver:
     problem = cp.Problem(objective, constraints)
     if solver == "CLARABEL" and not solver_options:
         solver_options = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}
-    problem.solve(solver=solver, verbose=verbose, **solver_options)
+    with warnings.catch_warnings():  # "optimal_inaccurate" is reported in info["status"] instead
+        warnings.filterwarnings("ignore", message="Solution may be inaccurate")
+        problem.solve(solver=solver, verbose=verbose, **solver_options)
     if X.value is None or problem.status not in ("optimal", "optimal_inaccurate"):
         raise RuntimeError(f"the SDP solver {solver} failed with status {problem.status!r}")
     gram = 0.5 * (X.value + X.value.T)
@@ -259,3 +286,87 @@ def solve_lpm_convex(class_sizes: Sequence[int], E_W: float, E_H: float, solver:
     info = {"solver": solver, "status": problem.status, "solver_value": float(problem.value),
             "rank": int((evals > 1e-6 * evals.max()).sum()), "seconds": time.perf_counter() - t0}
     return solution_from_gram(gram, n, W=F[:K], H=F[K:], info=info)
+
+
+# ----------------------------------------------------------------------------- the chapter's experiment
+
+
+def minority_summary(sol: LPMSolution, minority: Sequence[int], zero_tol: float = 1e-3) -> dict:
+    """Mean pairwise cosine of the minority classifiers (nan when their norms vanish, i.e. fall below
+    ``zero_tol`` times the largest norm: a direction is then meaningless), and the
+    ratio of mean minority to mean majority classifier norm."""
+    minority = list(minority)
+    majority = [k for k in range(sol.K) if k not in minority]
+    norms = sol.w_norms
+    C = sol.w_cosines[np.ix_(minority, minority)]
+    off = C[~np.eye(len(minority), dtype=bool)]
+    cos = float(off.mean()) if norms[minority].min() > zero_tol * norms.max() else float("nan")
+    return {"minority_cosine": cos, "norm_ratio": float(norms[minority].mean() / norms[majority].mean())}
+
+
+def _row(sol: LPMSolution, **keys) -> dict:
+    return {**keys, "objective": sol.objective, "w_norms": sol.w_norms, "h_norms": sol.h_norms,
+            "seconds": sol.info.get("seconds")}
+
+
+def run(profile: str, device: torch.device, progress: bool = True) -> dict:
+    """The chapter's numbers (``python -m utils.reproduce lpm``): small SDPs and batched descents.
+
+    Returns ``{"runs": rows, "balanced": {...}, "budgets": [...], "dimension": [...], "imbalanced": [...]}``
+    with rows tagged by ``part``. The problem is small in both profiles; ``full`` adds larger K
+    and more imbalance ratios.
+    """
+    from .etf import etf_distance
+    from .train import progress_bar
+
+    K = 4 if profile == "quick" else 10
+    out: dict = {"runs": []}
+    # 1. balanced: both solvers, against the closed form
+    sizes = [50] * K
+    direct, sdp = solve_lpm(sizes, 2 * K, 1.0, 1.0, device=device), solve_lpm_convex(sizes, 1.0, 1.0)
+    out["balanced"] = {"K": K, "E_W": 1.0, "E_H": 1.0, "closed_form": balanced_optimal_value(K, 1.0, 1.0),
+                       "direct": _row(direct, gram=direct.gram), "sdp": _row(sdp, gram=sdp.gram),
+                       "max_gram_difference": float(np.abs(direct.gram - sdp.gram).max()),
+                       "etf_distance_W": etf_distance(torch.as_tensor(direct.W)),
+                       "etf_distance_H": etf_distance(torch.as_tensor(direct.H))}
+    out["runs"].append({"part": "balanced", "K": K, "direct_objective": direct.objective,
+                        "sdp_objective": sdp.objective, "closed_form": out["balanced"]["closed_form"],
+                        "max_gram_difference": out["balanced"]["max_gram_difference"]})
+    # 2. budgets: the minimiser stays an ETF; the loss depends on E_W E_H only
+    budgets = [0.25, 0.5, 1.0, 2.0, 4.0] if profile == "quick" else [0.1, 0.25, 0.5, 1, 2, 4, 8, 16]
+    out["budgets"] = []
+    for E_W in progress_bar(budgets, "budgets", progress):
+        for E_H in budgets:
+            sol = solve_lpm(sizes, 2 * K, E_W, E_H, restarts=3, device=device)
+            row = {"part": "budgets", "E_W": E_W, "E_H": E_H, "objective": sol.objective,
+                   "closed_form": balanced_optimal_value(K, E_W, E_H),
+                   "etf_distance_W": etf_distance(torch.as_tensor(sol.W)),
+                   "etf_distance_H": etf_distance(torch.as_tensor(sol.H)),
+                   "self_duality_cos": float(np.diag(sol.wh_cosines).mean())}
+            out["budgets"].append(row)
+            out["runs"].append(row)
+    # 3. feature dimension: the relaxation is tight once p >= K - 1 here, loose below
+    out["dimension"] = []
+    for p in range(1, 2 * K + 1):
+        sol = solve_lpm(sizes, p, 1.0, 1.0, restarts=5, device=device)
+        row = {"part": "dimension", "p": p, "direct_objective": sol.objective, "sdp_objective": sdp.objective}
+        out["dimension"].append(row)
+        out["runs"].append(row)
+    # 4. imbalance: K_A majority classes of n_A examples, K_B minority classes of n_A / R examples
+    KA = KB = 5 if profile == "quick" else 5
+    ratios = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] if profile == "quick" else \
+        [1, 2, 3, 5, 7, 10, 20, 30, 50, 100, 200, 300, 500, 1000, 3000, 10000]
+    out["imbalanced"] = []
+    for E in progress_bar([1.0, 5.0, 10.0], "imbalance", progress):
+        for R in ratios:
+            sizes_R = [R] * KA + [1] * KB
+            sol = solve_lpm_convex(sizes_R, E, E)
+            row = {"part": "imbalanced", "K_A": KA, "K_B": KB, "ratio": R, "E_W": E, "E_H": E,
+                   "sdp_objective": sol.objective, **minority_summary(sol, range(KA, KA + KB))}
+            if R in (1, 10, 1000):  # check the relaxation against the direct solver (p = 2K: exact)
+                direct_R = solve_lpm(sizes_R, 2 * (KA + KB), E, E, device=device)
+                row["direct_objective"] = direct_R.objective
+                row["max_gram_difference"] = float(np.abs(direct_R.gram - sol.gram).max())
+            out["imbalanced"].append(row)
+            out["runs"].append(row)
+    return out
