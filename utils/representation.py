@@ -335,8 +335,8 @@ def principal_angles(B1: torch.Tensor, B2: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- experiment
 QUICK = dict(d=100, k=5, num_tasks=200, n_per_task=25, noise=0.5, seeds=5, max_iter=50,
-             n_targets=(5, 10, 20, 50, 100, 200, 500))
-FULL = dict(d=100, k=5, num_tasks=400, n_per_task=25, noise=0.5, seeds=20, max_iter=300,
+             n_targets=(5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500))
+FULL = dict(d=100, k=5, num_tasks=400, n_per_task=25, noise=0.5, seeds=20, max_iter=100,
             n_targets=(5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 1000))
 
 
@@ -414,3 +414,22 @@ def median_risk(rows: list[dict[str, Any]], method: str, diverse: bool, n_target
         raise ValueError(f"no rows for method={method!r}, diverse={diverse}, n_target={n_target}")
     m = len(vals)
     return vals[m // 2] if m % 2 else 0.5 * (vals[m // 2 - 1] + vals[m // 2])
+
+
+def risk_curve(rows: list[dict[str, Any]], method: str, diverse: bool) -> dict[str, list[float]]:
+    """Median and quartiles over seeds of ``excess_risk`` against ``n_target``, for plotting.
+
+    Returns ``{"n_target": [...], "median": [...], "q25": [...], "q75": [...]}`` sorted by ``n_target``.
+    """
+    chosen = [r for r in rows if r["method"] == method and r["diverse"] == diverse]
+    if not chosen:
+        raise ValueError(f"no rows for method={method!r}, diverse={diverse}")
+    n_targets = sorted({r["n_target"] for r in chosen})
+    out: dict[str, list[float]] = {"n_target": [float(n) for n in n_targets], "median": [], "q25": [], "q75": []}
+    for n2 in n_targets:
+        vals = torch.tensor([r["excess_risk"] for r in chosen if r["n_target"] == n2], dtype=DTYPE)
+        q = torch.quantile(vals, torch.tensor([0.25, 0.5, 0.75], dtype=DTYPE))
+        out["q25"].append(float(q[0]))
+        out["median"].append(float(q[1]))
+        out["q75"].append(float(q[2]))
+    return out
