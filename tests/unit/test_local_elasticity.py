@@ -1,0 +1,164 @@
+"""Tests for utils.local_elasticity, utils.clustering and utils.elastic_sde."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from utils import clustering as cl
+from utils import elastic_sde as sde
+from utils import local_elasticity as le
+
+
+def _two_layer_module(params: dict, nonlinear: bool) -> nn.Module:
+    """The same network as an nn.Module (standard parametrisation: one step size for all layers)."""
+    W, b, a, c = (params[k][0] for k in ("W", "b", "a", "c"))
+    first = nn.Linear(W.shape[1], W.shape[0]).double()
+    last = nn.Linear(W.shape[0], a.shape[1]).double()
+    with torch.no_grad():
+        first.weight.copy_(W); first.bias.copy_(b); last.weight.copy_(a.T); last.bias.copy_(c)
+    return nn.Sequential(first, nn.ReLU() if nonlinear else nn.Identity(), last)
+
+
+def test_linear_model_update_is_proportional_to_inner_product():
+    """For f(x) = w.x one SGD step at x changes f(x') by -lr r <x, x'>: S_rel = |<x,x'>| / ||x||^2."""
+    torch.manual_seed(0)
+    model = nn.Linear(5, 1, bias=False).double()
+    X = torch.randn(7, 5, dtype=torch.float64)
+    T = torch.randn(3, 1, dtype=torch.float64)
+    lr = 0.1
+    dp, da = le.one_step_change_module(model, X[:3], T, X, lr)
+    r = (model(X[:3]) - T).detach()  # (3, 1)
+    expected = -lr * r * (X[:3] @ X.T)  # (3, 7)
+    torch.testing.assert_close(dp[..., 0], expected)
+    S = le.relative_similarity(dp, da)
+    torch.testing.assert_close(S, (X[:3] @ X.T).abs() / (X[:3] ** 2).sum(1, keepdim=True))
+    # model untouched
+    assert torch.equal(model.weight, model.weight.detach())
+
+
+@pytest.mark.parametrize("nonlinear", [True, False])
+def test_closed_form_step_matches_torch_func(nonlinear):
+    p = le.init_two_layer(1, 4, 32, 2, seed=1, dtype=torch.float64, parametrisation="standard")
+    X = torch.randn(9, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    T = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    dp, da = le.one_step_change(p, X[:4], T, X, lr=0.05, nonlinear=nonlinear)
+    dp2, da2 = le.one_step_change_module(_two_layer_module(p, nonlinear), X[:4], T, X, lr=0.05)
+    torch.testing.assert_close(dp, dp2)
+    torch.testing.assert_close(da, da2)
+
+
+def test_ntk_matches_finite_differences_and_closed_form():
+    p = le.init_two_layer(1, 3, 16, 1, seed=0, dtype=torch.float64, parametrisation="standard")
+    model = _two_layer_module(p, True)
+    X = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    ntk = le.empirical_ntk(model, X, X)
+    torch.testing.assert_close(ntk, le.two_layer_ntk(p, X, X)[0])
+    # finite differences: gradient of f(x_i) by central differences in every parameter
+    flat = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    eps, J = 1e-6, []
+    for j in range(flat.numel()):
+        out = []
+        for sign in (1, -1):
+            v = flat.clone(); v[j] += sign * eps
+            torch.nn.utils.vector_to_parameters(v, model.parameters())
+            out.append(model(X)[:, 0].detach())
+        J.append((out[0] - out[1]) / (2 * eps))
+    torch.nn.utils.vector_to_parameters(flat, model.parameters())
+    J = torch.stack(J, 1)
+    torch.testing.assert_close(ntk, J @ J.T, rtol=1e-5, atol=1e-6)
+
+
+def test_kernelised_similarity_tends_to_ntk_as_step_shrinks():
+    p = le.init_two_layer(1, 3, 64, 1, seed=5, dtype=torch.float64)  # NTK parametrisation, layer step sizes
+    X = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    T = torch.ones(6, 1, dtype=torch.float64)
+    ntk = le.two_layer_ntk(p, X, X)[0]
+    errors = []
+    for lr in (1e-2, 1e-4):
+        dp, _ = le.one_step_change(p, X, T, X, lr)
+        K = le.kernelised_similarity(dp, le.two_layer_residuals(p, X, T), lr)
+        errors.append(float((K - ntk).abs().max() / ntk.abs().max()))
+    assert errors[1] < 1e-3 and errors[1] < errors[0] / 10
+
+
+def test_batched_training_matches_separate_runs():
+    X = torch.randn(40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    Y = X[:, :1].sign()
+    both = le.init_two_layer(2, 3, 8, 1, seed=0, dtype=torch.float64)
+    trained = le.train_two_layer(both, X, Y, epochs=3, lr=0.5, batch_size=8, progress=False)["params"]
+    single = le.train_two_layer(le.select_run(both, 1), X, Y, epochs=3, lr=0.5, batch_size=8, progress=False)
+    torch.testing.assert_close(trained["W"][1:], single["params"]["W"])
+
+
+def test_relu_network_is_more_elastic_than_linear_on_torus():
+    res = le.synthetic_experiment("torus", n=300, width=128, epochs=1, lr=1.0, anchors=4, progress=False)
+    assert res["relu"]["pearson"] < -0.8
+    assert res["linear"]["pearson"] > -0.5
+
+
+def test_geodesics_on_folded_sheet_and_symmetrise():
+    X, y, flat = le.folded_boxes_data(50, seed=0)
+    assert X.shape == (50, 3) and set(y.tolist()) <= {-1.0, 1.0}
+    D = le.flat_geodesic_distances(flat, [0, 1])
+    assert D.shape == (2, 50) and D[0, 0] == pytest.approx(0, abs=1e-6)
+    S = torch.arange(9.0).view(3, 3)
+    torch.testing.assert_close(le.symmetrise(S), le.symmetrise(S).T)
+
+
+def test_clustering_accuracy_is_invariant_to_label_swaps():
+    truth = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    pred = np.array([1, 1, 0, 2, 2, 0, 0, 0])
+    acc = cl.clustering_accuracy(truth, pred)
+    assert acc == pytest.approx(7 / 8)
+    perm = np.array([2, 0, 1])
+    assert cl.clustering_accuracy(truth, perm[pred]) == acc
+    assert cl.clustering_accuracy(truth, 1 - (truth == 0)) == cl.clustering_accuracy(truth, (truth == 0))
+
+
+def test_clustering_methods_recover_two_blobs():
+    g = np.random.default_rng(0)
+    X = np.concatenate([g.normal(0, 0.3, (20, 4)), g.normal(3, 0.3, (20, 4))])
+    truth = np.repeat([0, 1], 20)
+    K = np.exp(-((X[:, None] - X[None]) ** 2).sum(-1))
+    for labels in (cl.kmeans_rows(K, 2), cl.spectral_clusters(K, 2), cl.kernel_kmeans(K, 2),
+                   cl.pixel_kmeans(X, 2), cl.pca_kmeans(X, 2, components=2)):
+        assert cl.clustering_accuracy(truth, labels) == 1.0
+
+
+def test_sde_phase_transition():
+    rows = sde.phase_transition([0.5, 2.0], [2, 4], time=8.0, progress=False)
+    by = {(r["classes"], r["ratio"]): r for r in rows}
+    for K in (2, 4):
+        assert by[(K, 2.0)]["accuracy"] == 1.0 and by[(K, 2.0)]["separation"] > 10
+        assert by[(K, 0.5)]["separation"] < 0.5
+    det = sde.simulate(sde.elasticity_matrix(3, 0.5, 1.0), 10, 2, steps=100, dt=0.05)
+    sep = sde.separation(det[0])
+    assert sep[-1] < sep[0]  # deterministic and inter > intra: the class contrasts die out
+
+
+def test_bad_inputs_raise():
+    p = le.init_two_layer(1, 3, 4, 1)
+    with pytest.raises(ValueError):
+        le.init_two_layer(1, 3, 4, 1, parametrisation="mean-field")
+    with pytest.raises(ValueError):
+        le.one_step_change(p, torch.randn(2, 3), torch.randn(2, 1), torch.randn(5, 3), lr=0.0)
+    with pytest.raises(ValueError):
+        le.two_layer_forward(p, torch.randn(5, 4))
+    with pytest.raises(ValueError):
+        le.relative_similarity(torch.ones(1, 3, 1), torch.zeros(1, 1))
+    with pytest.raises(ValueError):
+        le.symmetrise(torch.ones(2, 3))
+    with pytest.raises(ValueError):
+        le.torus_data(10, major=1.0, minor=2.0)
+    with pytest.raises(ValueError):
+        cl.clustering_accuracy([0, 1], [0])
+    with pytest.raises(ValueError):
+        cl.kmeans_rows(np.ones((3, 4)), 2)
+    with pytest.raises(ValueError):
+        cl.kernel_kmeans(np.eye(3), 5)
+    with pytest.raises(ValueError):
+        sde.elasticity_matrix(1, 1.0, 0.5)
+    with pytest.raises(ValueError):
+        sde.simulate(torch.ones(2, 3), 5, 2, 10, 0.1)
