@@ -57,14 +57,17 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator | None = N
 
 
 def make_optimizer(params: Sequence[torch.Tensor], name: str, lr: float,
-                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """``sgd`` (plain), ``momentum`` (SGD with momentum 0.9) or ``adam``."""
+                   weight_decay: float = 0.0, capturable: bool = False) -> torch.optim.Optimizer:
+    """``sgd`` (plain), ``momentum`` (SGD with momentum 0.9) or ``adam``.
+
+    ``capturable=True`` keeps Adam's step counter on the device so its step can be captured in a
+    CUDA graph (SGD's step needs nothing special)."""
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
     if name == "momentum":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, capturable=capturable)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
 
 
@@ -137,11 +140,11 @@ def fit(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, optimiz
         raise ValueError(f"X has {X.shape[0]} examples but y has {y.shape[0]}")
     if epochs < 0:
         raise ValueError(f"epochs must be non-negative, got {epochs}")
-    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
-    opt = make_optimizer(params, optimizer, lr, weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=gamma)
     device = X.device
     use_graph = (device.type == "cuda") if cuda_graph is None else (cuda_graph and device.type == "cuda")
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
+    opt = make_optimizer(params, optimizer, lr, weight_decay, capturable=use_graph)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=gamma)
     generator = torch.Generator().manual_seed(seed)
     history = History()
 
