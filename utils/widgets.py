@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import PlaceHolderLayoutEngine as PlacedLayout
 
 from .minority_collapse import collapse_threshold, solve_symmetric_lpm
 from .plotting import PALETTE, use_book_style
@@ -143,8 +144,12 @@ class LPMFigure:
         self.state = (ratio, KA, energy)
 
     def png(self, dpi: int = 80) -> bytes:
-        """The current figure as PNG bytes."""
-        return figure_png(self.fig, dpi)
+        """The current figure as PNG bytes (the layout is computed on the first call, then kept fixed,
+        which halves the cost of later redraws and keeps the panels from shifting)."""
+        out = figure_png(self.fig, dpi)
+        if self.fig.get_layout_engine() is not None and not isinstance(self.fig.get_layout_engine(), PlacedLayout):
+            self.fig.set_layout_engine("none")
+        return out
 
 
 def lpm_explorer(num_classes: int = 10, ratio: float = 10.0, num_majority: int = 5, energy: float = 9.0,
@@ -197,6 +202,8 @@ class TrainingFigure:
         self.image = self.ax_gram.imshow(np.eye(K), cmap="RdBu_r", vmin=-1, vmax=1)
         self.fig.colorbar(self.image, ax=self.ax_gram, shrink=0.8, label="cosine (unitless)")
         self.ax_gram.grid(False)
+        self.ax_gram.set_xticks(range(K))
+        self.ax_gram.set_yticks(range(K))
         self.ax_gram.axhline(num_majority - 0.5, color="k", lw=0.8)
         self.ax_gram.axvline(num_majority - 0.5, color="k", lw=0.8)
         self.ax_gram.set_xlabel("classifier j (majority first)")
