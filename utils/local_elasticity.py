@@ -613,9 +613,9 @@ def synthetic_experiment(dataset: str, n: int, width: int, epochs: int, lr: floa
     distance is recorded every ``record_every`` epochs (pairs within one box for the folded boxes).
 
     Returns:
-        ``{"dataset", "width", "relu": {...}, "linear": {...}, "geodesic": (A, n) distances,
+        ``{"dataset", "width", "relu": {...}, "linear": {...}, "geodesic": (1, n) distances from the first anchor,
         "points": (n, 3), "labels": (n,), "anchors": [...]}`` where each network entry has
-        ``"pearson"`` (final), ``"pearson_pooled"``, ``"s_rel"`` (A, n), ``"epochs"``, ``"pearson_by_epoch"``, ``"loss"``.
+        ``"pearson"`` (final, mean over anchors), ``"pearson_pooled"``, ``"s_rel"`` (1, n) from the first anchor, ``"epochs"``, ``"pearson_by_epoch"``, ``"loss"``.
     """
     if dataset == "torus":
         X, y, _ = torus_data(n, major=1.0, minor=0.125, sectors=2, seed=seed)
@@ -630,7 +630,7 @@ def synthetic_experiment(dataset: str, n: int, width: int, epochs: int, lr: floa
     else:
         raise ValueError(f"dataset must be 'torus' or 'folded_boxes', got {dataset!r}")
     X, y = X.to(device), y.to(device)
-    out = {"dataset": dataset, "width": width, "geodesic": geo, "points": X.cpu().numpy(), "labels": y.cpu().numpy(),
+    out = {"dataset": dataset, "width": width, "geodesic": geo[:1], "points": X.cpu().numpy(), "labels": y.cpu().numpy(),
            "anchors": anchor_idx}
     for name, nonlinear in (("relu", True), ("linear", False)):
         params = init_two_layer(1, 3, width, 1, seed=seed, dtype=torch.float64, device=device, bias=False)
@@ -641,7 +641,7 @@ def synthetic_experiment(dataset: str, n: int, width: int, epochs: int, lr: floa
                                seed=seed, progress=progress, callback=record)
         final = elasticity_vs_geodesic(hist["params"], X, y, geo, anchor_idx, probe_lr, nonlinear, mask)
         recs = [e for e in hist["extra"] if e]
-        out[name] = {"pearson": final["pearson"], "pearson_pooled": final["pearson_pooled"], "s_rel": final["s_rel"],
+        out[name] = {"pearson": final["pearson"], "pearson_pooled": final["pearson_pooled"], "s_rel": final["s_rel"][:1],
                      "epochs": [e["epoch"] for e in recs], "pearson_by_epoch": [e["pearson"] for e in recs],
                      "loss": [l[0] for l in hist["loss"]]}
     return out
