@@ -300,7 +300,7 @@ def static_slider_html(frames: Sequence[bytes], labels: Sequence[str], title: st
 
 
 def lpm_frames(ratios: Sequence[float] | None = None, num_classes: int = 10, num_majority: int = 5,
-               energy: float = 9.0, dpi: int = 62) -> tuple[list[bytes], list[str]]:
+               energy: float = 9.0, dpi: int = 70) -> tuple[list[bytes], list[str]]:
     """PNG frames of :class:`LPMFigure` over ``ratios`` (default 1..10^4, quarter decades) and their labels."""
     ratios = np.logspace(0, 4, 17) if ratios is None else np.asarray(ratios, dtype=float)
     fig = LPMFigure(num_classes)
