@@ -14,6 +14,7 @@ import torch
 from .data import load_dataset
 from .metrics import equi_separation_fit, layerwise_fuzziness
 from .models import FeatureMLP
+from .profiles import torch_threads
 from .train import accuracy, fit, progress_bar
 
 LAYER_NUMS = (2, 6, 18)
@@ -114,6 +115,11 @@ def run(profile: str, device: torch.device, progress: bool = True) -> dict:
     """The chapter's experiment: every (depth, optimiser, seed) of the profile, the emergence of the
     law during training (snapshots for depth 8), and two negative controls at depth 8."""
     cfg = config_for(profile)
+    with torch_threads(1 if device.type == "cpu" else None):  # width-100 MLPs: one thread is faster
+        return _run(cfg, device, progress)
+
+
+def _run(cfg: EquiSeparationConfig, device: torch.device, progress: bool) -> dict:
     X, y, Xt, yt = load_equi_separation_data(cfg, device)
     settings = cfg.settings or tuple((L, opt) for opt in cfg.optimizers for L in LAYER_NUMS)
     jobs = [(L, opt, seed) for L, opt in settings for seed in cfg.seeds]

@@ -107,3 +107,14 @@ def test_feature_mlp_features():
     assert torch.allclose(model.classifier(feats[-1]), model(X), atol=1e-6)
     with pytest.raises(ValueError):
         FeatureMLP(0, 8, 1, 4)
+
+
+def test_torch_threads_restores():
+    from utils.profiles import torch_threads
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="at least 1"):
+        with torch_threads(0):
+            pass
