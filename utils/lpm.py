@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .etf import etf_gram
+from .profiles import torch_threads
 
 
 @dataclass
@@ -128,24 +129,6 @@ def scaled_gram(gram: np.ndarray, E_W: float, E_H: float) -> np.ndarray:
     return np.asarray(gram) / np.outer(s, s)
 
 
-class cpu_threads:
-    """Context manager: ``n`` intra-op CPU threads inside, the previous number restored afterwards.
-
-    The LPM's tensors are tiny, so one thread is fastest and immune to a busy machine."""
-
-    def __init__(self, n: int | None = 1, device: torch.device | str | None = None):
-        self.n = n if (n and (device is None or torch.device(device).type == "cpu")) else None
-
-    def __enter__(self):
-        self.saved = torch.get_num_threads()
-        if self.n:
-            torch.set_num_threads(self.n)
-        return self
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.saved)
-
-
 def _project(V: torch.Tensor, radius_sq: float) -> torch.Tensor:
     """Project each restart's (K, p) matrix onto the Frobenius ball ``||V||_F^2 <= radius_sq``."""
     norm = V.flatten(1).norm(dim=1).clamp_min(1e-300)[:, None, None]
@@ -187,7 +170,7 @@ def solve_lpm(class_sizes: Sequence[int], p: int, E_W: float, E_H: float, restar
     if restarts < 1 or steps < 1:
         raise ValueError(f"restarts and steps must be at least 1, got {restarts}, {steps}")
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    with cpu_threads(1, dev):
+    with torch_threads(1, dev):
         return _solve_lpm(n, p, E_W, E_H, restarts, steps, seed, dev, lr, tol)
 
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .imbalance import class_sizes, imbalanced_indices, oversampling_repeats
+from .profiles import torch_threads
 from .train import progress_bar
 
 COLLAPSE_TOL = 1e-3  # minority cosine above 1 - COLLAPSE_TOL counts as collapsed
@@ -407,29 +408,9 @@ def train_imbalanced_batched(specs: Sequence[RunSpec], X: torch.Tensor, y: torch
         reps = oversampling_repeats(y[idx].cpu(), range(num_majority, K), s.oversample) if s.oversample > 1 else None
         pools.append(idx.repeat_interleave(reps) if reps is not None else idx)
     batches = _run_batches(pools, steps, batch_size, seed).to(device)
-    with _single_cpu_thread(device):
+    with torch_threads(1, device):  # small batched matrices: one thread is faster
         return _train_and_measure(specs, subsets, batches, X, y, X_test, y_test, num_majority, K, width, depth,
                                   steps, batch_size, lr, weight_decay, seed, progress)
-
-
-class _single_cpu_thread:
-    """On a CPU, run torch with one intra-op thread (restored on exit).
-
-    The batched matrices here are small (B x width); a second thread brings little and, on a
-    machine whose cores are shared, its spin-waiting costs many times the useful CPU time.
-    """
-
-    def __init__(self, device: torch.device):
-        self.active = torch.device(device).type == "cpu"
-
-    def __enter__(self):
-        if self.active:
-            self.saved = torch.get_num_threads()
-            torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        if self.active:
-            torch.set_num_threads(self.saved)
 
 
 def _train_and_measure(specs, subsets, batches, X, y, X_test, y_test, num_majority, K, width, depth, steps,

@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from .metrics import class_means, separation_fuzziness, within_between_trace
 from .etf import etf_distance
+from .profiles import torch_threads
 
 # ----------------------------------------------------------------------------- metrics
 
@@ -216,21 +217,6 @@ def build_model(cfg: dict, in_channels: int, image_size: int, num_classes: int) 
     return build(cfg["arch"], in_channels, num_classes, **kwargs)
 
 
-class _cpu_threads:
-    """Context manager: use ``n`` intra-op threads on the CPU (None: leave as is), restore afterwards."""
-
-    def __init__(self, n: int | None, device: torch.device):
-        self.n = n if (n and torch.device(device).type == "cpu") else None
-
-    def __enter__(self):
-        self.saved = torch.get_num_threads()
-        if self.n:
-            torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.saved)
-
-
 def train_and_track(cfg: dict, device: torch.device, seed: int = 0, progress: bool = True,
                     snapshot_epochs: tuple[int, ...] = ()) -> dict:
     """Train ``cfg``'s network past zero training error, recording NC metrics along the way.
@@ -241,7 +227,7 @@ def train_and_track(cfg: dict, device: torch.device, seed: int = 0, progress: bo
     At ``snapshot_epochs`` the record also holds ``projection``: the features, means and
     classifiers in the span of the centred means (:func:`project_to_means_plane`; for K <= 4).
     """
-    with _cpu_threads(cfg.get("cpu_threads"), device):
+    with torch_threads(cfg.get("cpu_threads"), device):
         return _train_and_track(cfg, device, seed, progress, snapshot_epochs)
 
 

@@ -40,14 +40,16 @@ def get_profile(override: str | None = None) -> str:
 
 
 @contextlib.contextmanager
-def torch_threads(n: int | None = 1) -> Iterator[None]:
-    """Run the enclosed block with ``n`` intra-op CPU threads (None: leave unchanged), then restore.
+def torch_threads(n: int | None = 1, device: torch.device | str | None = None) -> Iterator[None]:
+    """Run the enclosed block with ``n`` intra-op CPU threads, then restore the previous number.
+
+    Nothing changes when ``n`` is None or ``device`` is not a CPU (GPU work is unaffected).
 
     Small models (batches of ~100 x 100 matrices) train faster on one thread than on two, and
     far faster when other processes compete for the cores; larger matrix work wants them all.
     """
     saved = torch.get_num_threads()
-    if n is not None:
+    if n is not None and (device is None or torch.device(device).type == "cpu"):
         if n < 1:
             raise ValueError(f"number of threads must be at least 1, got {n}")
         torch.set_num_threads(n)
