@@ -26,6 +26,7 @@ import torch
 from torch.func import jacrev, vmap
 
 from .data import load_dataset
+from .metrics import within_between_trace
 from .train import progress_bar
 
 UNIT_NORM_TOL = 1e-4
@@ -297,7 +298,8 @@ def random_labels(y: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 def train_widths(X: torch.Tensor, Y: torch.Tensor, widths: Sequence[int], steps: int, eta: float,
                  kappa: float = 1.0, seed: int = 0, X_test: torch.Tensor | None = None,
-                 kernel_points: int = 400, progress: bool = False) -> dict[str, torch.Tensor]:
+                 kernel_points: int = 400, classes: torch.Tensor | None = None,
+                 progress: bool = False) -> dict[str, torch.Tensor]:
     """Full-batch GD on W for every (label vector, width) pair, with the closed-form gradient.
 
     Every network is stepped in the same loop over steps, with two large matrix products per network
@@ -309,12 +311,16 @@ def train_widths(X: torch.Tensor, Y: torch.Tensor, widths: Sequence[int], steps:
     Args:
         X: (n, d) unit-norm inputs; Y: (L, n) label vectors; widths: K widths; steps: T;
         eta: step size; kappa: init scale; X_test: (k, d) or None; kernel_points: how many training
-        inputs (a seeded random subset) the NTK change is measured on.
+        inputs (a seeded random subset) the NTK change is measured on; classes: (n,) integer class
+        labels or None; when given, the within/between-class scatter ratio Tr(Sigma_W Sigma_B^+) of the
+        hidden features ReLU(W x) (the neural-collapse measure NC1, utils.metrics) is measured before and
+        after training.
     Returns (G = L * K networks, ordered label-major: g = l * K + k):
         ``loss`` (T+1, G) 1/2 ||u - y||^2 at each step; ``u0``, ``u`` (G, n) initial and final outputs;
         ``f0_test``, ``f_test`` (G, k); ``relative_weight_change`` (G,) ||W(T) - W(0)||_F / ||W(0)||_F;
         ``kernel_change`` (G,) ||H(T) - H(0)||_F / ||H(0)||_F on the kernel points;
-        ``pattern_change`` (G,) fraction of activation signs 1{w_r^T x_i > 0} on X that flipped.
+        ``pattern_change`` (G,) fraction of activation signs 1{w_r^T x_i > 0} on X that flipped;
+        with ``classes``: ``feature_scatter_init``, ``feature_scatter_final`` (G,).
     """
     check_unit_norm(X)
     for w in widths:
@@ -332,6 +338,8 @@ def train_widths(X: torch.Tensor, Y: torch.Tensor, widths: Sequence[int], steps:
             nets.append({"W": W, "W0": W.clone(), "coef": (a / math.sqrt(m))[:, None], "y": Y[l], "m": m,
                          "P": P, "M": torch.empty_like(P), "M0": P > 0, "grad": torch.empty_like(W)})
     G = len(nets)
+    if classes is not None:
+        scatter0 = torch.tensor([within_between_trace(torch.relu(net["P"]), classes) for net in nets])
     losses = torch.empty(steps + 1, G, dtype=torch.float64)
     u_init, u_last = torch.empty(G, n, dtype=torch.float64), torch.empty(G, n, dtype=torch.float64)
     for t in progress_bar(range(steps + 1), desc="GD steps", enabled=progress):
@@ -364,6 +372,9 @@ def train_widths(X: torch.Tensor, Y: torch.Tensor, widths: Sequence[int], steps:
         H0, H1 = Kx * (A0 @ A0.T) / m, Kx * (A1 @ A1.T) / m
         kc[g] = float((H1 - H0).norm() / H0.norm())
     out.update(relative_weight_change=rwc, kernel_change=kc, pattern_change=flips)
+    if classes is not None:
+        out["feature_scatter_init"] = scatter0
+        out["feature_scatter_final"] = torch.tensor([within_between_trace(net["P"], classes) for net in nets])
     if X_test is not None:
         check_unit_norm(X_test)
         out["f0_test"] = torch.stack([(torch.relu(X_test @ net["W0"].T) @ net["coef"])[:, 0]
@@ -416,12 +427,23 @@ def kernel_summary(data: dict[str, torch.Tensor], y_random: torch.Tensor, eta_sc
 LABEL_SETS = ("true", "random")
 
 
+def _compact(x, digits: int = 5):
+    """A tensor/array as nested lists of floats rounded to ``digits`` significant digits (smaller JSON)."""
+    arr = np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x, dtype=float)
+    return np.vectorize(lambda v: float(f"{v:.{digits}g}"), otypes=[float])(arr).tolist() if arr.size else []
+
+
 def run(profile: str = "quick", device: torch.device | str = "cpu", progress: bool = True) -> dict:
     """The chapter's experiment.
 
     Returns ``runs``: rows ``{labels, width, relative_weight_change, kernel_change, complexity,
-    steps_to_1pct, test_error, kernel_prediction_gap, pattern_change, train_loss_fraction}``, and the
-    curves the notebook plots (``loss_curves``, ``spectrum``, ``kernel_test_error``, ``hard_pair``).
+    steps_to_1pct, test_error, kernel_prediction_gap, pattern_change, train_loss_fraction,
+    feature_scatter_init, feature_scatter_final}`` (``kernel_prediction_gap`` = ||u(T) - u_kernel(T)|| / ||y||
+    with the network's own u(0); the feature scatter is measured with the true classes), and what the
+    notebook plots (``loss_curves``: per label set (K, T+1) losses of the networks and of the kernel
+    trajectories started from each network's u(0), plus the u(0) = 0 kernel curve over 10^5 steps;
+    ``outputs_true_labels``, ``spectrum``, ``kernel_test_error``,
+    ``hard_pair``).
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
@@ -434,9 +456,9 @@ def run(profile: str = "quick", device: torch.device | str = "cpu", progress: bo
     summary = kernel_summary(data, Y[1], cfg["eta_scale"], checkpoints)
     H, eig, eta = summary["H"], summary["eig"], summary["eta"]
     trained = train_widths(data["X"], Y, cfg["widths"], cfg["steps"], eta, cfg["kappa"], cfg["seed"],
-                           data["X_test"], cfg["kernel_points"], progress)
+                           data["X_test"], cfg["kernel_points"], (data["y"] < 0).long(), progress)
     K = len(cfg["widths"])
-    rows = []
+    rows, outputs = [], {}
     yt = data["y_test"].double().cpu()
     for l, name in enumerate(LABEL_SETS):
         for k, m in enumerate(cfg["widths"]):
@@ -451,8 +473,13 @@ def run(profile: str = "quick", device: torch.device | str = "cpu", progress: bo
                          "test_error": float((torch.sign(trained["f_test"][g]) != yt).double().mean()),
                          "kernel_prediction_gap": gap,
                          "pattern_change": float(trained["pattern_change"][g]),
-                         "train_loss_fraction": float(trained["loss"][-1, g] / trained["loss"][0, g])})
+                         "train_loss_fraction": float(trained["loss"][-1, g] / trained["loss"][0, g]),
+                         "feature_scatter_init": float(trained["feature_scatter_init"][g]),
+                         "feature_scatter_final": float(trained["feature_scatter_final"][g])})
+            if name == "true" and k in (0, K - 1):
+                outputs[str(m)] = {"network": _compact(trained["u"][g]), "kernel": _compact(u_kernel)}
     steps_axis = list(range(cfg["steps"] + 1))
+    long_axis = np.unique(np.round(np.logspace(0, 5, 81)).astype(int)).tolist()
     hard = two_class_data(cfg["hard_classes"], cfg["per_class"], cfg["test_per_class"], cfg["resize"],
                           cfg["seed"], device)
     hard_summary = kernel_summary(hard, random_labels(hard["y"], cfg["seed"] + 1), cfg["eta_scale"])
@@ -465,19 +492,27 @@ def run(profile: str = "quick", device: torch.device | str = "cpu", progress: bo
         "lambda_max": summary["lambda_max"], "lambda_min": summary["lambda_min"],
         "weight_change_slope": slope,
         "loss_curves": {"steps": steps_axis,
-                        "network": {name: trained["loss"][:, l * K:(l + 1) * K].T.numpy()
+                        "network": {name: _compact(trained["loss"][:, l * K:(l + 1) * K].T)
                                     for l, name in enumerate(LABEL_SETS)},
-                        "kernel": {name: kernel_loss_curve(H, Y[l], eta, steps_axis, eig=eig).cpu().numpy()
-                                   for l, name in enumerate(LABEL_SETS)}},
-        "spectrum": {"eigenvalues": summary["eigenvalues"],
-                     **{name: {"energy": summary[name]["energy"], "cumulative": summary[name]["cumulative"]}
-                        for name in LABEL_SETS}},
+                        "kernel": {name: _compact(torch.stack([kernel_loss_curve(H, Y[l], eta, steps_axis,
+                                                                                 trained["u0"][l * K + k], eig=eig)
+                                                               for k in range(K)]))
+                                   for l, name in enumerate(LABEL_SETS)},
+                        "kernel_long_steps": long_axis,
+                        "kernel_long": {name: _compact(kernel_loss_curve(H, Y[l], eta, long_axis, eig=eig))
+                                        for l, name in enumerate(LABEL_SETS)}},
+        "outputs_true_labels": outputs,
+        "spectrum": {"eigenvalues": _compact(summary["eigenvalues"]),
+                     **{name: {"energy": _compact(summary[name]["energy"]),
+                               "cumulative": _compact(summary[name]["cumulative"])} for name in LABEL_SETS}},
         "kernel_test_error": {"steps": checkpoints,
-                              **{name: summary[name]["kernel_test_error"] for name in LABEL_SETS},
+                              **{name: _compact(summary[name]["kernel_test_error"]) for name in LABEL_SETS},
                               **{f"{name}_converged": summary[name]["kernel_test_error_converged"]
                                  for name in LABEL_SETS}},
         "hard_pair": {"classes": list(cfg["hard_classes"]),
-                      **{name: {k: hard_summary[name][k] for k in
-                                ("complexity", "steps_to_1pct", "kernel_test_error_converged", "cumulative")}
+                      **{name: {"complexity": hard_summary[name]["complexity"],
+                                "steps_to_1pct": hard_summary[name]["steps_to_1pct"],
+                                "kernel_test_error_converged": hard_summary[name]["kernel_test_error_converged"],
+                                "cumulative": _compact(hard_summary[name]["cumulative"])}
                          for name in LABEL_SETS}},
     }
