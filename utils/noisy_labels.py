@@ -474,6 +474,39 @@ def done_when(rows: Sequence[dict], noise: float = 0.4) -> dict:
     return out
 
 
+def median_curve(curve_runs: Sequence[dict], key: str, method: str, noise: float,
+                 lam: float | None = None) -> list[float]:
+    """Median over seeds of ``key`` (e.g. ``"test_acc"``) along the epochs, for one method/noise/lambda.
+
+    ``curve_runs`` is ``run(...)["curves"]["runs"]``; ``lam=None`` accepts any lambda (for ``plain``).
+    """
+    members = [c[key] for c in curve_runs if c["method"] == method and c["noise"] == noise
+               and (lam is None or c["lambda"] == lam)]
+    if not members:
+        raise ValueError(f"no curves for method {method!r}, noise {noise}, lambda {lam}")
+    return [statistics.median(values) for values in zip(*members)]
+
+
+def lambda_by_validation(curve_runs: Sequence[dict], method: str, noise: float) -> float:
+    """The lambda whose runs end with the highest median accuracy on the *noisy* validation split:
+    a choice that needs no clean labels (the early-stopping split, used once at the end)."""
+    lams = sorted({c["lambda"] for c in curve_runs if c["method"] == method and c["noise"] == noise})
+    if not lams:
+        raise ValueError(f"no curves for method {method!r} at noise {noise}")
+    return max(lams, key=lambda l: median_curve(curve_runs, "val_acc_noisy", method, noise, l)[-1])
+
+
+def summary_markdown(table: Sequence[dict]) -> str:
+    """A Markdown table of :func:`summarize` rows (accuracies in percent)."""
+    lines = ["| noise p | method | lambda | final test acc (%) | best test acc (%) | noisy-train acc (%) | seeds |",
+             "|---|---|---|---|---|---|---|"]
+    for t in table:
+        lam = "-" if t["method"] in ("plain", "early_stopping") else f"{t['lambda']:g}"
+        lines.append(f"| {t['noise']:g} | {t['method']} | {lam} | {100 * t['final']:.1f} | {100 * t['best']:.1f} | "
+                     f"{100 * t['train_noisy']:.1f} | {t['seeds']} |")
+    return "\n".join(lines)
+
+
 def run(profile: str, device: torch.device, progress: bool = True) -> dict:
     """``python -m utils.reproduce noisy_labels``: the whole sweep as one batched model.
 

@@ -7,6 +7,7 @@ import torch
 from utils.models import FeatureMLP
 from utils.noisy_labels import (BatchedMLP, BatchedObjective, RunSpec, auxiliary_loss, distance_to_init_penalty,
                                 done_when, early_stopping_index, evaluation_epochs, inject_symmetric_noise,
+                                lambda_by_validation, median_curve,
                                 load_splits, result_rows, run, squared_loss, summarize, sweep_specs, train_sweep)
 from utils.train import fit
 
@@ -128,7 +129,7 @@ def test_linear_model_converges_to_kernel_ridge_regression(method):
     else:
         loss_fn, offsets = auxiliary_loss(n, k, lam, dtype=torch.float64)
         kwargs = dict(loss_fn=loss_fn, extra_params=[offsets])
-    fit(model, X, y, epochs=400, optimizer="sgd", lr=2.0, batch_size=n, progress=False, **kwargs)
+    fit(model, X, y, epochs=150, optimizer="sgd", lr=2.0, batch_size=n, progress=False, **kwargs)
     K = X @ X.T
     Y = torch.nn.functional.one_hot(y, k).double()
     expected = f0 + K @ torch.linalg.solve(K + lam ** 2 * torch.eye(n, dtype=torch.float64), Y - f0)
@@ -218,3 +219,12 @@ def test_early_stopping_picks_first_maximum():
     assert early_stopping_index([0.1, 0.5, 0.3, 0.5]) == 1
     with pytest.raises(ValueError):
         early_stopping_index([])
+
+
+def test_median_curve_and_lambda_by_validation():
+    runs = [dict(method="auxiliary", noise=0.4, **{"lambda": lam}, seed=s, test_acc=[0.1, 0.2 + lam / 10 + s],
+                 val_acc_noisy=[0.1, v]) for lam, v in ((1.0, 0.3), (2.0, 0.5)) for s in (0, 1)]
+    assert median_curve(runs, "test_acc", "auxiliary", 0.4, 2.0) == pytest.approx([0.1, 0.9])
+    assert lambda_by_validation(runs, "auxiliary", 0.4) == 2.0
+    with pytest.raises(ValueError):
+        median_curve(runs, "test_acc", "plain", 0.4)
