@@ -384,6 +384,15 @@ def train_widths(X: torch.Tensor, Y: torch.Tensor, widths: Sequence[int], steps:
     return out
 
 
+def html_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain HTML table (the book renders Markdown outputs as CommonMark, which has no tables)."""
+    import html
+
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
 def fit_power_law(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     """Least-squares slope and intercept of log y against log x."""
     slope, intercept = np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)

@@ -135,3 +135,9 @@ def test_bad_inputs_raise():
         ntk.steps_to_fraction(ntk.h_infinity(X), torch.ones(4), 0.1, fraction=1.5)
     with pytest.raises(ValueError, match="positive definite"):
         ntk.complexity_measure(ntk.h_infinity(torch.cat([X, X[:1]])), torch.ones(5))
+
+
+def test_html_table_escapes_and_counts_cells():
+    out = ntk.html_table(["a<b", "c"], [[1, "x&y"], [2, 3]])
+    assert out.count("<tr>") == 3 and out.count("<td>") == 4
+    assert "a&lt;b" in out and "x&amp;y" in out
