@@ -454,14 +454,14 @@ def profile_settings(profile: str) -> dict:
     """
     if profile not in ("quick", "full"):
         raise ValueError(f"unknown profile {profile!r}")
-    common = dict(n=100, rank=5, depths=[1, 2, 3, 4], init_scale={1: 1e-3, 2: 1e-3, 3: 1e-3, 4: 1e-2},
+    common = dict(n=100, rank=5, depths=[1, 2, 3, 4], init_scale={1: 1e-3, 2: 1e-4, 3: 1e-3, 4: 5e-3},
                   tol=1e-6, record_top=10, trajectory_observed=2000, trajectory_seed=0)
     if profile == "quick":
         return dict(common, seeds=list(range(5)), observed=[1000, 2000, 3000, 5000],
-                    step_fraction={1: 0.25, 2: 0.25, 3: 0.25, 4: 0.5}, max_steps={1: 1000, 2: 4000, 3: 4000, 4: 6000},
+                    step_fraction={1: 0.25, 2: 0.25, 3: 0.25, 4: 1.0}, max_steps={1: 1000, 2: 4000, 3: 4000, 4: 5000},
                     record_every=10, dtype="float32", solver="SCS", solver_eps=1e-4)
     return dict(common, seeds=list(range(10)), observed=[1000, 1500, 2000, 2500, 3000, 4000, 5000],
-                step_fraction={1: 0.1, 2: 0.1, 3: 0.1, 4: 0.2}, max_steps={1: 5000, 2: 40000, 3: 40000, 4: 60000},
+                step_fraction={1: 0.1, 2: 0.1, 3: 0.1, 4: 0.25}, max_steps={1: 5000, 2: 40000, 3: 40000, 4: 60000},
                 record_every=5, dtype="float64", solver="SCS", solver_eps=1e-6)
 
 
@@ -488,9 +488,19 @@ def run(profile: str, device: torch.device, progress: bool = True) -> dict:
     ``{"method": "gd", "depth", "observed", "seed", "test_error", "effective_rank", "half_steps"}`` and
     ``{"method": "nuclear_norm", "observed", "seed", "test_error", "effective_rank"}``.
     """
+    threads = torch.get_num_threads()
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(1)   # 100 x 100 products gain nothing from more threads; avoids oversubscription
+    try:
+        return _sweep(profile_settings(profile), torch.device(device), progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _sweep(cfg: dict, device: torch.device, progress: bool) -> dict:
+    """The body of :func:`run` for the settings ``cfg`` (see :func:`profile_settings`)."""
     import time as _time
 
-    cfg = profile_settings(profile)
     dtype = getattr(torch, cfg["dtype"])
     targets, masks, labels = completion_problems(cfg["n"], cfg["rank"], cfg["seeds"], cfg["observed"],
                                                  device=device, dtype=dtype)
@@ -537,3 +547,20 @@ def run(profile: str, device: torch.device, progress: bool = True) -> dict:
     return {"runs": rows, "settings": cfg, "convergence": convergence,
             "trajectory_run": {"seed": cfg["trajectory_seed"], "observed": cfg["trajectory_observed"]},
             "trajectories": trajectories, "timing": timing}
+
+
+def summarise(rows: Sequence[dict], key: str = "test_error") -> dict[str, dict[int, tuple[float, float, float]]]:
+    """Seed statistics of ``key`` from ``run``'s rows: ``{label: {m: (median, min, max)}}`` with labels
+    ``"depth N"`` for gradient descent and ``"nuclear norm"`` for the baseline."""
+    groups: dict[str, dict[int, list[float]]] = {}
+    for row in rows:
+        label = f"depth {row['depth']}" if row["method"] == "gd" else "nuclear norm"
+        groups.setdefault(label, {}).setdefault(int(row["observed"]), []).append(float(row[key]))
+    return {label: {m: (float(np.median(v)), float(np.min(v)), float(np.max(v))) for m, v in sorted(by_m.items())}
+            for label, by_m in groups.items()}
+
+
+def half_step_spread(rows: Sequence[dict], depth: int, observed: int) -> list[float]:
+    """Per seed, ``max / min`` of the half-height steps of the top five singular values (1 = all at once)."""
+    return [max(r["half_steps"]) / max(min(r["half_steps"]), 1) for r in rows
+            if r["method"] == "gd" and r["depth"] == depth and r["observed"] == observed]
