@@ -12,11 +12,15 @@ import argparse
 import platform
 import time
 
+import sys
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 import torchvision
 from torchvision import transforms
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 from utils.data import _STATS, default_root, load_dataset, prepare_fashion_mnist
 from utils.models import FeatureMLP
 from utils.train import fit

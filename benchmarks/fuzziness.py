@@ -10,8 +10,12 @@ from __future__ import annotations
 import argparse
 import time
 
+import sys
+from pathlib import Path
+
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 from utils.metrics import separation_fuzziness
 
 
