@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .profiles import torch_threads
 from .train import progress_bar
 
 DEPTHS_QUICK = (1, 2, 3, 4)
@@ -488,13 +489,8 @@ def run(profile: str, device: torch.device, progress: bool = True) -> dict:
     ``{"method": "gd", "depth", "observed", "seed", "test_error", "effective_rank", "half_steps"}`` and
     ``{"method": "nuclear_norm", "observed", "seed", "test_error", "effective_rank"}``.
     """
-    threads = torch.get_num_threads()
-    if torch.device(device).type == "cpu":
-        torch.set_num_threads(1)   # 100 x 100 products gain nothing from more threads; avoids oversubscription
-    try:
+    with torch_threads(1, device):  # 100 x 100 products gain nothing from more threads; avoids oversubscription
         return _sweep(profile_settings(profile), torch.device(device), progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _sweep(cfg: dict, device: torch.device, progress: bool) -> dict:

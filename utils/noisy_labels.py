@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .models import FeatureMLP
+from .profiles import torch_threads
 from .train import fit
 
 METHODS = ("plain", "early_stopping", "distance_to_init", "auxiliary")
@@ -520,16 +521,11 @@ def run(profile: str, device: torch.device, progress: bool = True) -> dict:
     X, y, X_val, y_val, X_test, y_test = load_splits(cfg["n_train"], cfg["n_val"], cfg["n_test"],
                                                      cfg["resize"], device)
     specs = sweep_specs(cfg["lambdas"], cfg["lambdas"], cfg["noise_rates"], cfg["seeds"])
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
+    with torch_threads(1, device):  # small batched matrices: one thread is faster on a CPU
         curves = train_sweep(specs, X, y, X_val, y_val, X_test, y_test, width=cfg["width"],
                              hidden_layers=cfg["hidden_layers"], num_classes=10, epochs=cfg["epochs"],
                              lr=cfg["lr"], batch_size=cfg["batch_size"], milestones=cfg["milestones"],
                              dense_until=cfg["dense_until"], eval_every=cfg["eval_every"], progress=progress)
-    finally:
-        torch.set_num_threads(threads)
     rows = result_rows(specs, curves)
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
     config.update(in_dim=int(X[0].numel()), num_runs=len(specs), optimizer="momentum (0.9)", loss="squared")
