@@ -1,7 +1,7 @@
 # The README's two commands are `make book` and `make test`.
 # Both start from nothing: a Python 3.11 interpreter, and apt-get where the machine has it.
 SHELL := /bin/bash
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 # Building the book executes every notebook in the quick profile, without progress bars.
