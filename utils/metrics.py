@@ -94,6 +94,13 @@ def layerwise_fuzziness(features: Sequence[torch.Tensor], y: torch.Tensor) -> li
     return [separation_fuzziness(H, y) for H in features]
 
 
+def cosine_matrix(V: torch.Tensor) -> torch.Tensor:
+    """(K, K) float64 cosines between the rows of V: (K, d). A zero row gives NaN entries."""
+    V64 = torch.as_tensor(V).to(torch.float64)
+    U = V64 / V64.norm(dim=1, keepdim=True)
+    return U @ U.T
+
+
 def pearson(a: Sequence[float], b: Sequence[float]) -> float:
     """Pearson correlation of two equal-length sequences."""
     a64, b64 = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .imbalance import class_sizes, imbalanced_indices, oversampling_repeats
+from .metrics import cosine_matrix
 from .profiles import torch_threads
 from .train import progress_bar
 
@@ -45,8 +46,7 @@ def mean_pairwise_cosine(V: torch.Tensor | np.ndarray) -> float:
     V = torch.as_tensor(np.asarray(V) if not isinstance(V, torch.Tensor) else V).to(torch.float64)
     if V.dim() != 2 or V.shape[0] < 2:
         raise ValueError(f"need at least two row vectors (m, d), got shape {tuple(V.shape)}")
-    U = V / V.norm(dim=1, keepdim=True)
-    C = U @ U.T
+    C = cosine_matrix(V)
     m = V.shape[0]
     return float((C.sum() - C.diagonal().sum()) / (m * (m - 1)))
 
@@ -441,14 +441,8 @@ def _train_and_measure(specs, subsets, batches, X, y, X_test, y_test, num_majori
             rows.append({"ratio": s.ratio, "oversample": s.oversample, "name": s.name,
                          "n_minority": int((y[idx] >= num_majority).sum()) // (K - num_majority),
                          "train_accuracy": train_acc, **measures,
-                         "w_cosines": _cosine_matrix(model.classifier[r].T).tolist()})
+                         "w_cosines": cosine_matrix(model.classifier[r].T).tolist()})
     return rows
-
-
-def _cosine_matrix(V: torch.Tensor) -> torch.Tensor:
-    """(K, K) cosines between the rows of V: (K, d)."""
-    U = V.to(torch.float64) / V.to(torch.float64).norm(dim=1, keepdim=True)
-    return U @ U.T
 
 
 # --------------------------------------------------------------------------- training (full profile)
@@ -484,7 +478,7 @@ def train_imbalanced_convnet(spec: RunSpec, X: torch.Tensor, y: torch.Tensor, X_
             "n_minority": int((ys >= num_majority).sum()) // (K - num_majority),
             "train_accuracy": history.accuracy[-1],
             **minority_collapse_measures(W, H, ys, pred, y_test, num_majority),
-            "w_cosines": _cosine_matrix(W).tolist()}
+            "w_cosines": cosine_matrix(W).tolist()}
 
 
 # --------------------------------------------------------------------------- experiment

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .metrics import class_means, separation_fuzziness, within_between_trace
+from .metrics import class_means, cosine_matrix, separation_fuzziness, within_between_trace
 from .etf import etf_distance
 from .profiles import torch_threads
 
@@ -57,12 +57,9 @@ def _offdiag(C: torch.Tensor) -> torch.Tensor:
 
 def cosines(V: torch.Tensor) -> torch.Tensor:
     """(K, K) cosine matrix of the rows of V (K, d), float64."""
-    V64 = V.to(torch.float64)
-    norms = V64.norm(dim=1)
-    if (norms == 0).any():
+    if (V.to(torch.float64).norm(dim=1) == 0).any():
         raise ValueError("a zero vector has no direction: cosines are undefined")
-    U = V64 / norms[:, None]
-    return U @ U.T
+    return cosine_matrix(V)
 
 
 def equinorm(V: torch.Tensor) -> float:

@@ -100,3 +100,10 @@ def test_layerwise_and_pearson():
     H, y = random_features((10, 10), 5)
     assert layerwise_fuzziness([H, 2 * H], y) == pytest.approx([separation_fuzziness(H, y)] * 2, rel=1e-9)
     assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+
+
+def test_cosine_matrix():
+    from utils.metrics import cosine_matrix
+    V = torch.tensor([[2.0, 0.0], [0.0, 3.0], [-1.0, 0.0]])
+    assert torch.allclose(cosine_matrix(V), torch.tensor([[1.0, 0, -1], [0, 1, 0], [-1, 0, 1]], dtype=torch.float64))
+    assert torch.isnan(cosine_matrix(torch.tensor([[0.0, 0.0], [1.0, 0.0]]))[0]).all()
