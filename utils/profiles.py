@@ -1,4 +1,11 @@
-"""Experiment profiles: ``quick`` runs on a laptop CPU in minutes, ``full`` is the paper's scale.
+"""Experiment profiles: one meaning each, the same in every chapter.
+
+* ``quick``: 2 CPU cores, at most 2 minutes per chapter; the book build executes it.
+* ``full``: one free-Colab-class GPU (T4, 15 GB), at most 10 minutes per chapter and 12 GB of
+  GPU memory; the phenomenon at, or close to, the paper's scale.  A GPU selects it.
+* ``paper``: the paper's exact protocol; only on explicit request (``BOOK_PROFILE=paper`` or a
+  notebook's ``PROFILE = "paper"``), never automatic; checkpointed and resumable
+  (:mod:`utils.checkpoint`).
 
 The profile is chosen, in order of precedence, by an explicit argument (a notebook
 parameter), the environment variable ``BOOK_PROFILE``, and finally the hardware:
@@ -12,7 +19,13 @@ from typing import Iterator
 
 import torch
 
-PROFILES = ("quick", "full")
+PROFILES = ("quick", "full", "paper")
+# The machine each profile is sized for, and its budget (seconds per chapter, bytes of memory).
+BUDGETS = {
+    "quick": {"machine": "2 CPU cores", "seconds": 120, "memory_bytes": 8 * 2**30},
+    "full": {"machine": "one T4-class GPU (15 GB)", "seconds": 600, "memory_bytes": 12 * 2**30},
+    "paper": {"machine": "one GPU, hours; checkpointed", "seconds": None, "memory_bytes": None},
+}
 ENV_VAR = "BOOK_PROFILE"
 
 
@@ -22,16 +35,18 @@ def default_device() -> torch.device:
 
 
 def get_profile(override: str | None = None) -> str:
-    """Return ``"quick"`` or ``"full"``.
+    """Return ``"quick"``, ``"full"`` or ``"paper"``.
 
     Args:
         override: a notebook parameter; ``None`` or ``""`` defers to ``$BOOK_PROFILE``,
-            then to the hardware (GPU present: ``full``).
+            then to the hardware (GPU present: ``full``; ``paper`` is never chosen automatically).
     Raises:
-        ValueError: for a name other than ``quick`` or ``full``.
+        ValueError: for any other name (the message lists the three).
     """
     for source, value in (("argument", override), (ENV_VAR, os.environ.get(ENV_VAR))):
-        if value:
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"profile from {source} must be a string, one of {PROFILES}; got {value!r}")
+        if value and value.strip():
             value = value.strip().lower()
             if value not in PROFILES:
                 raise ValueError(f"unknown profile {value!r} from {source}; choose one of {PROFILES}")

@@ -2,10 +2,11 @@
 
     python -m utils.reproduce equi_separation --profile quick --out results/equi_separation_quick.json
 
-Each experiment module exposes ``run(profile, device, progress) -> dict`` whose dict holds
-``runs`` (a list of rows) and optionally ``results``; this wrapper adds the provenance
-(experiment, profile, device, seconds, versions, commit, date).  Notebooks call the same
-``run`` functions, and show stored ``full``-profile files beside their live ``quick`` run.
+Each experiment module follows :mod:`utils.experiment`: ``Config.for_profile(profile, smoke)``
+and ``run(config, device, progress) -> Result`` (a dataclass with ``to_json``).  This wrapper
+adds the provenance (experiment, profile, device, seconds, versions, commit, date).  Notebooks
+call :func:`reproduce` too, so a chapter's live run and its stored file have the same shape.
+(A module not yet converted exposes ``run(profile, device, progress) -> dict`` instead.)
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from typing import Any
 
 import torch
 
-from .profiles import default_device, get_profile
+from .experiment import jsonable
+from .profiles import PROFILES, default_device, get_profile
 
 # experiment name -> "module:function"
 EXPERIMENTS: dict[str, str] = {
@@ -31,7 +33,7 @@ EXPERIMENTS: dict[str, str] = {
     "lpm": "utils.lpm:run",
     "minority_collapse": "utils.minority_collapse:run",
     "local_elasticity": "utils.local_elasticity:run",
-    "deep_linear": "utils.linear_nets:run",
+    "deep_linear": "utils.deep_linear:run",
     "representation": "utils.representation:run",
     "ntk": "utils.ntk:run",
     "noisy_labels": "utils.noisy_labels:run",
@@ -80,21 +82,48 @@ def _runner(experiment: str):
     return getattr(importlib.import_module(module), func)
 
 
+def module(experiment: str):
+    """The chapter module of ``experiment`` (``ValueError`` naming the choices if unknown)."""
+    if experiment not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {experiment!r}; available: {sorted(EXPERIMENTS)}")
+    return importlib.import_module(EXPERIMENTS[experiment].split(":")[0])
+
+
+def config(experiment: str, profile: str | None = None, smoke: bool = False):
+    """``Config.for_profile(profile, smoke)`` of ``experiment``'s module."""
+    return module(experiment).Config.for_profile(get_profile(profile), smoke=smoke)
+
+
 def reproduce(experiment: str, profile: str | None = None, device: torch.device | str | None = None,
-              progress: bool = True) -> dict[str, Any]:
-    """Run ``experiment`` and return its results with provenance (see module docstring)."""
+              progress: bool = True, smoke: bool = False) -> dict[str, Any]:
+    """Run ``experiment`` in ``profile`` and return its results (``Result.to_json()``) with provenance.
+
+    Args:
+        experiment: a key of :data:`EXPERIMENTS`.
+        profile: ``quick``, ``full`` or ``paper`` (default: :func:`utils.profiles.get_profile`).
+        device: default: the GPU if present, else the CPU.
+        smoke: the profile's code path at toy scale (unit tests).
+    """
     profile = get_profile(profile)
     device = torch.device(device) if device is not None else default_device()
+    mod = module(experiment)
     start = time.perf_counter()
-    payload = _runner(experiment)(profile=profile, device=device, progress=progress)
-    return {**provenance(experiment, profile, device, time.perf_counter() - start), **payload}
+    if hasattr(mod, "Config"):
+        cfg = mod.Config.for_profile(profile, smoke=smoke)
+        payload = mod.run(cfg, device, progress=progress).to_json()
+    else:  # a module not yet on the Config/Result pattern
+        payload = _runner(experiment)(profile=profile, device=device, progress=progress)
+    meta = provenance(experiment, profile, device, time.perf_counter() - start)
+    if smoke:
+        meta["smoke"] = True
+    return {**meta, **payload}
 
 
 def save_results(results: dict[str, Any], path: str | Path) -> Path:
     """Write results as indented JSON (creating folders)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1, default=_jsonable) + "\n")
+    path.write_text(json.dumps(jsonable(results), indent=1) + "\n")
     return path
 
 
@@ -104,26 +133,19 @@ def load_results(experiment: str, profile: str = "full") -> dict[str, Any] | Non
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot serialise {type(obj).__name__}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m utils.reproduce", description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
-    parser.add_argument("--profile", choices=("quick", "full"), default=None,
-                        help="default: $BOOK_PROFILE, else full on a GPU and quick on a CPU")
+    parser.add_argument("--profile", choices=PROFILES, default=None,
+                        help="default: $BOOK_PROFILE, else full on a GPU and quick on a CPU; "
+                             "paper (the paper's exact protocol, checkpointed) only when asked for")
+    parser.add_argument("--smoke", action="store_true", help="the profile's code path at toy scale")
     parser.add_argument("--device", default=None, help="e.g. cpu or cuda (default: GPU if present)")
     parser.add_argument("--out", default=None, help="default: results/{experiment}_{profile}.json")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    results = reproduce(args.experiment, args.profile, args.device, progress=not args.no_progress)
+    results = reproduce(args.experiment, args.profile, args.device, progress=not args.no_progress,
+                        smoke=args.smoke)
     out = args.out or RESULTS_DIR / f"{args.experiment}_{results['profile']}.json"
     print(f"wrote {save_results(results, out)} ({results['seconds']} s on {results['device']})")
     return 0

@@ -10,12 +10,15 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 
@@ -111,7 +114,8 @@ def fit(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, optimiz
         extra_params: Sequence[torch.Tensor] = (),
         repeats: torch.Tensor | None = None,
         callback: Callable[[int, nn.Module], dict | None] | None = None,
-        cuda_graph: bool | None = None, desc: str = "epochs") -> History:
+        cuda_graph: bool | None = None, desc: str = "epochs",
+        checkpoint: "Checkpoint | None" = None, checkpoint_key: str = "fit") -> History:
     """Train ``model`` on device-resident ``(X, y)`` and return the per-epoch history.
 
     Args:
@@ -130,6 +134,10 @@ def fit(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, optimiz
         callback: ``callback(epoch, model)`` after each epoch (model in eval mode); a returned dict
             is stored in ``history.extra``.
         cuda_graph: capture the step in a CUDA graph (default: on for CUDA devices).
+        checkpoint, checkpoint_key: a :class:`utils.checkpoint.Checkpoint`; the training state
+            (model, optimiser, scheduler, shuffling generator, history, epoch) is saved under
+            ``checkpoint_key`` at the end of an epoch once ``checkpoint.every_seconds`` have passed,
+            and a saved state is resumed from (the ``paper`` profile's long runs).
     Returns:
         :class:`History` with one entry per epoch (mean training loss, training accuracy, lr).
     Raises:
@@ -147,6 +155,18 @@ def fit(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, optimiz
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=gamma)
     generator = torch.Generator().manual_seed(seed)
     history = History()
+    first_epoch = 1
+    if checkpoint is not None:
+        state = checkpoint.load_state(checkpoint_key)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            generator.set_state(state["generator"])
+            for p, saved in zip(extra_params, state.get("extra_params", [])):
+                p.data.copy_(saved)
+            history = History(**state["history"])
+            first_epoch = state["epoch"] + 1
 
     def step(xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         opt.zero_grad(set_to_none=False)
@@ -159,7 +179,7 @@ def fit(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, optimiz
         return loss.detach(), _correct(out.detach(), yb)
 
     graphed = _GraphedStep(step, X, y, batch_size) if use_graph else None
-    bar = progress_bar(range(1, epochs + 1), desc=desc, enabled=progress)
+    bar = progress_bar(range(first_epoch, epochs + 1), desc=desc, enabled=progress)
     for epoch in bar:
         model.train()
         total_loss = torch.zeros((), device=device, dtype=torch.float64)
@@ -188,6 +208,11 @@ def fit(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, optimiz
                 record = callback(epoch, model)
             history.extra.append(record or {})
         bar.set_postfix(loss=f"{mean_loss:.3g}", acc=f"{history.accuracy[-1]:.3f}")
+        if checkpoint is not None and epoch < epochs and checkpoint.due(checkpoint_key):
+            checkpoint.save_state(checkpoint_key, {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "generator": generator.get_state(), "history": history.as_dict(), "epoch": epoch,
+                "extra_params": [p.detach().clone() for p in extra_params]})
     model.eval()
     return history
 

@@ -1,10 +1,10 @@
-"""Tests for utils.linear_nets: deep matrix factorization and the nuclear-norm baseline."""
+"""Tests for utils.deep_linear: deep matrix factorization and the nuclear-norm baseline."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from utils.linear_nets import (effective_rank, end_to_end, half_height_steps, hessian_bound, init_factors,
+from utils.deep_linear import (effective_rank, end_to_end, half_height_steps, hessian_bound, init_factors,
                                low_rank_ground_truth, nuclear_norm_completion, observation_mask, test_error,
                                train_deep_factorization)
 

@@ -1,0 +1,285 @@
+"""The claims ledger: what the book asserts about each paper, and whether its runs bear it out.
+
+A :class:`Claim` is one sentence about a paper's finding with a number that decides it: the
+paper's value and where it comes from (figure, table, section), a human-readable criterion, a
+pure ``check(results) -> measured`` on a run's results (the ``Result.to_json()`` dict that
+:mod:`utils.reproduce` stores) and a verdict ``holds(measured) -> bool``.  ``expected=False``
+marks a finding the book shows does *not* reproduce at the stated scale; its ``reason`` says
+why.  Honest failures stay in the ledger.
+
+Each chapter module lists its claims in ``CLAIMS``; :func:`all_claims` collects them.  A chapter
+notebook ends with :func:`report`, which shows the chapter's table and raises
+:class:`ClaimFailure` when an expected claim fails, so the book build fails with it.
+
+Command line::
+
+    python -m utils.claims --profile quick --run --json     # run every chapter's quick experiment
+    python -m utils.claims --profile full --stored          # read results/<experiment>_full.json
+    python -m utils.claims --chapter equi_separation --run  # one chapter, a readable table
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import math
+import re
+import sys
+from typing import Any, Callable, Mapping, Sequence
+
+from .profiles import PROFILES
+from .tables import HTMLTable, format_value
+
+ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
+
+
+class ClaimFailure(AssertionError):
+    """An expected claim failed on a run: a change broke one of the book's findings."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """One finding of a paper, as the book states and checks it.
+
+    Attributes:
+        id: ``"<chapter>.<name>"``, e.g. ``"es.law"``.
+        chapter: the experiment it is checked on (``utils.reproduce.EXPERIMENTS``), e.g.
+            ``"equi_separation"``.
+        statement: one sentence for readers.
+        source: the paper and the figure/table/section the number comes from.
+        paper_value: the paper's number or qualitative finding, as the paper gives it.
+        criterion: the decision rule in words, e.g. ``"Pearson(l, log D_l) <= -0.95"``.
+        check: ``check(results) -> measured``; ``results`` is a run's ``to_json()`` dict; the
+            measured value is a number, or a small dict of numbers (JSON types).
+        holds: ``holds(measured) -> bool``, the verdict.
+        expected: False for a finding that does not reproduce at the stated scale.
+        reason: why it does not (required when ``expected`` is False).
+        profiles: the profiles whose runs measure this claim (a ``full``-only claim is not
+            evaluated on the ``quick`` run).
+    """
+
+    id: str
+    chapter: str
+    statement: str
+    source: str
+    paper_value: str
+    criterion: str
+    check: Callable[[Mapping[str, Any]], Any]
+    holds: Callable[[Any], bool]
+    expected: bool = True
+    reason: str = ""
+    profiles: tuple[str, ...] = PROFILES
+
+    def __post_init__(self) -> None:
+        if not ID_PATTERN.match(self.id):
+            raise ValueError(f"claim id {self.id!r} must look like 'chapter.name' (lower case, digits, _)")
+        for name in ("chapter", "statement", "source", "paper_value", "criterion"):
+            if not str(getattr(self, name)).strip():
+                raise ValueError(f"claim {self.id}: {name} must not be empty")
+        if not self.expected and not self.reason.strip():
+            raise ValueError(f"claim {self.id}: expected=False needs a reason saying why it does not reproduce")
+        unknown = set(self.profiles) - set(PROFILES)
+        if unknown or not self.profiles:
+            raise ValueError(f"claim {self.id}: profiles must be a non-empty subset of {PROFILES}, got {self.profiles}")
+
+    def evaluate(self, results: Mapping[str, Any] | None, profile: str) -> dict[str, Any]:
+        """One ledger row for this claim on ``results`` of a ``profile`` run (None: not run yet).
+
+        ``status`` is one of ``holds``, ``fails``, ``missing`` (the results lack what the check
+        reads), ``not measured`` (the claim is not checked in this profile) and ``not run``.
+        """
+        row = {"id": self.id, "chapter": self.chapter, "statement": self.statement, "source": self.source,
+               "paper_value": self.paper_value, "criterion": self.criterion, "expected": self.expected,
+               "reason": self.reason, "profile": profile, "measured": None, "holds": None}
+        if results is None:
+            return {**row, "status": "not run"}
+        row.update({k: results.get(k) for k in ("device", "seconds", "commit", "date") if k in results})
+        if profile not in self.profiles:
+            return {**row, "status": "not measured"}
+        try:
+            measured = self.check(results)
+        except (KeyError, IndexError, TypeError, StopIteration) as err:
+            return {**row, "status": "missing", "error": f"{type(err).__name__}: {err}"}
+        holds = bool(self.holds(measured))
+        return {**row, "measured": _plain(measured), "holds": holds, "status": "holds" if holds else "fails"}
+
+
+def _plain(value: Any) -> Any:
+    from .experiment import jsonable
+    value = jsonable(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def is_failure(row: Mapping[str, Any]) -> bool:
+    """An expected claim that was measured and did not hold (or whose data were missing)."""
+    return bool(row["expected"]) and row["status"] in ("fails", "missing")
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry: every chapter module's CLAIMS
+# ---------------------------------------------------------------------------------------------
+def experiments() -> dict[str, str]:
+    from .reproduce import EXPERIMENTS
+    return EXPERIMENTS
+
+
+def chapter_claims(experiment: str) -> list[Claim]:
+    """The claims of one experiment (its module's ``CLAIMS``), in the order the chapter lists them."""
+    exps = experiments()
+    if experiment not in exps:
+        raise ValueError(f"unknown chapter {experiment!r}; choose one of {sorted(exps)}")
+    module = importlib.import_module(exps[experiment].split(":")[0])
+    claims = list(getattr(module, "CLAIMS", ()))
+    wrong = [c.id for c in claims if c.chapter != experiment]
+    if wrong:
+        raise ValueError(f"claims {wrong} are listed in {experiment}'s module but name another chapter")
+    return claims
+
+
+def all_claims() -> list[Claim]:
+    """Every chapter's claims; ids are unique across the book."""
+    claims = [c for name in experiments() for c in chapter_claims(name)]
+    seen: set[str] = set()
+    for c in claims:
+        if c.id in seen:
+            raise ValueError(f"claim id {c.id!r} is used twice")
+        seen.add(c.id)
+    return claims
+
+
+def stored_results(experiment: str, profile: str) -> dict | None:
+    from .reproduce import load_results
+    return load_results(experiment, profile)
+
+
+def evaluate_results(experiment: str, results: Mapping[str, Any] | Any | None, profile: str) -> list[dict]:
+    """Ledger rows of one experiment's claims on ``results`` (a dict or a ``Result``)."""
+    if results is not None and hasattr(results, "to_json"):
+        results = results.to_json()
+    return [c.evaluate(results, profile) for c in chapter_claims(experiment)]
+
+
+def assert_claims(rows: Sequence[Mapping[str, Any]]) -> None:
+    """Raise :class:`ClaimFailure` naming every expected claim that failed."""
+    bad = [r for r in rows if is_failure(r)]
+    if bad:
+        lines = [f"{r['id']} ({r['profile']}): {r['status']}; criterion: {r['criterion']}; measured: "
+                 f"{format_value(r['measured'])}{'; ' + r['error'] if r.get('error') else ''}" for r in bad]
+        raise ClaimFailure("expected claims failed:\n  " + "\n  ".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------
+# Presentation
+# ---------------------------------------------------------------------------------------------
+def verdict(row: Mapping[str, Any]) -> str:
+    """A short verdict for a table cell."""
+    status = row["status"]
+    if status == "holds":
+        return "✓ holds" if row["expected"] else "✓ holds (registered as not reproducing)"
+    if status == "fails":
+        return "✗ fails" if row["expected"] else "✗ does not reproduce (as registered)"
+    return {"missing": "✗ not in results", "not measured": "not measured at this scale",
+            "not run": "not run yet"}[status]
+
+
+def _measured_cell(row: Mapping[str, Any] | None) -> str:
+    if row is None or row["status"] == "not run":
+        return "not run yet"
+    if row["status"] == "not measured":
+        return "not measured at this scale"
+    if row["status"] == "missing":
+        return "✗ not in results"
+    mark = "✓" if row["holds"] else "✗"
+    where = ", ".join(x for x in (str(row.get("device", "") or "").split(",")[0],
+                                  str(row.get("date", "") or "")[:10]) if x)
+    return f"{mark} {format_value(row['measured'])}" + (f" ({where})" if where else "")
+
+
+def chapter_table(experiment: str, results: Mapping[str, Any] | Any, profile: str) -> tuple[HTMLTable, list[dict]]:
+    """The chapter's "What this chapter reproduces" table and its rows for this run.
+
+    Columns: claim, the paper's value (source), this run's value and verdict, and the stored
+    ``full`` and ``paper`` runs where committed.
+    """
+    rows = evaluate_results(experiment, results, profile)
+    stored = {p: evaluate_results(experiment, stored_results(experiment, p), p)
+              for p in ("full", "paper") if p != profile}
+    header = ["claim", "paper (source)", "criterion", f"this run ({profile})", "verdict",
+              *[f"stored {p}" for p in stored]]
+    body = []
+    for i, r in enumerate(rows):
+        note = "" if r["expected"] else f" Not expected to reproduce here: {r['reason']}"
+        body.append([f"{r['id']}: {r['statement']}{note}", f"{r['paper_value']} ({r['source']})", r["criterion"],
+                     format_value(r["measured"]) if r["status"] in ("holds", "fails") else verdict(r),
+                     verdict(r), *[_measured_cell(stored[p][i]) for p in stored]])
+    return HTMLTable(header, body), rows
+
+
+def report(experiment: str, results: Mapping[str, Any] | Any, profile: str) -> None:
+    """Show the chapter's claims table (in a notebook) and fail on an expected claim that fails.
+
+    Raises:
+        ClaimFailure: an expected claim failed or its data were missing from ``results``.
+    """
+    table, rows = chapter_table(experiment, results, profile)
+    try:
+        from IPython.display import display
+        display(table)
+    except ImportError:  # pragma: no cover - IPython is a dependency of the book
+        print(table)
+    assert_claims(rows)
+
+
+def ledger_rows(profile: str, run: bool = False, chapter: str | None = None, device=None,
+                progress: bool = False) -> list[dict]:
+    """Ledger rows for ``profile``: from a fresh run of each experiment (``run=True``) or from the
+    stored ``results/<experiment>_<profile>.json`` (``"not run"`` where none is stored)."""
+    from .reproduce import reproduce
+    names = [chapter] if chapter else list(experiments())
+    rows = []
+    for name in names:
+        if not chapter_claims(name):
+            continue
+        results = reproduce(name, profile, device, progress=progress) if run else stored_results(name, profile)
+        rows += evaluate_results(name, results, profile)
+    return rows
+
+
+def ledger_table(profiles: Sequence[str] = PROFILES) -> HTMLTable:
+    """The whole book's ledger from the stored results: one row per claim, one column per profile."""
+    per_profile = {p: {r["id"]: r for r in ledger_rows(p)} for p in profiles}
+    body = []
+    for c in all_claims():
+        expected = "" if c.expected else f" (registered as not reproducing: {c.reason})"
+        body.append([c.id, c.statement + expected, f"{c.paper_value} ({c.source})", c.criterion,
+                     *[_measured_cell(per_profile[p].get(c.id)) for p in profiles]])
+    return HTMLTable(["id", "claim", "paper (source)", "criterion", *profiles], body)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m utils.claims", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", choices=PROFILES, default="quick")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--run", action="store_true", help="run each chapter's experiment now")
+    how.add_argument("--stored", action="store_true", help="read results/<experiment>_<profile>.json (default)")
+    parser.add_argument("--chapter", default=None, help="one experiment, e.g. equi_separation")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--json", action="store_true", help="print one JSON list of rows")
+    args = parser.parse_args(argv)
+    rows = ledger_rows(args.profile, run=args.run, chapter=args.chapter, device=args.device)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        body = [[r["id"], format_value(r["measured"]), verdict(r), r["criterion"]] for r in rows]
+        print(HTMLTable(["id", "measured", "verdict", "criterion"], body))
+    failed = [r["id"] for r in rows if is_failure(r)]
+    if failed:
+        print(f"expected claims that failed: {failed}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
