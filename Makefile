@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 # Building the book executes every notebook in the quick profile, without progress bars.
-BUILD_ENV := BOOK_PROFILE=quick TQDM_DISABLE=1 PYTHONWARNINGS=ignore
+BUILD_ENV := BOOK_PROFILE=quick BOOK_BUILD=1 TQDM_DISABLE=1 PYTHONWARNINGS=ignore
 JB_FLAGS := --all -W -n --keep-going
 
 .PHONY: book test setup system-deps data build unit site-tests clean

@@ -150,6 +150,14 @@ def all_claims() -> list[Claim]:
     return claims
 
 
+def get(claim_id: str) -> Claim:
+    """The claim with this id (``ValueError`` listing the ids when there is none)."""
+    for c in all_claims():
+        if c.id == claim_id:
+            return c
+    raise ValueError(f"no claim {claim_id!r}; the ledger has {[c.id for c in all_claims()]}")
+
+
 def stored_results(experiment: str, profile: str) -> dict | None:
     from .reproduce import load_results
     return load_results(experiment, profile)
