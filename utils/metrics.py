@@ -101,6 +101,16 @@ def cosine_matrix(V: torch.Tensor) -> torch.Tensor:
     return U @ U.T
 
 
+def mean_off_diagonal(C: torch.Tensor) -> float:
+    """Mean of the off-diagonal entries of a square (K, K) matrix, e.g. a :func:`cosine_matrix`
+    (for a simplex ETF of K vectors it is -1/(K-1)). Raises ValueError for K < 2 or a non-square C."""
+    C = torch.as_tensor(C).to(torch.float64)
+    if C.dim() != 2 or C.shape[0] != C.shape[1] or C.shape[0] < 2:
+        raise ValueError(f"need a square matrix with at least 2 rows, got shape {tuple(C.shape)}")
+    K = C.shape[0]
+    return float((C.sum() - C.diagonal().sum()) / (K * (K - 1)))
+
+
 def pearson(a: Sequence[float], b: Sequence[float]) -> float:
     """Pearson correlation of two equal-length sequences."""
     a64, b64 = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
