@@ -45,9 +45,10 @@ def as_tensor(x, name: str) -> torch.Tensor:
 def check_matrix(V, name: str = "V", min_rows: int = 1, finite: bool = True) -> torch.Tensor:
     """A real 2-D tensor ``(rows, d)`` with at least ``min_rows`` rows and (by default) finite entries.
 
-    Returns the tensor (converted from an array if needed). Raises TypeError for a non-real dtype,
-    ValueError for a wrong shape or for NaN/Inf entries (with their count and the first row)."""
-    V = as_tensor(V, name)
+    Returns the tensor, detached (metrics are numbers, not part of a graph), converted from an array if
+    needed. Raises TypeError for a non-real dtype, ValueError for a wrong shape or for NaN/Inf entries
+    (with their count and the first row)."""
+    V = as_tensor(V, name).detach()
     if V.dtype == torch.bool or V.is_complex():
         raise TypeError(f"{name} must hold real numbers, got dtype {V.dtype}; convert it with {name}.float()")
     if V.dim() != 2:

@@ -19,15 +19,17 @@ import torch
 
 from .checks import check_features_labels, check_matrix, raise_non_finite
 
-# Rows per float64 chunk: about 2**18 entries (2 MB), small enough to stay in cache.
+# Rows per float64 chunk: about 2**18 entries (2 MB) on a CPU, small enough to stay in cache; on a GPU
+# 2**24 entries (128 MB), few enough launches to keep it busy.
 _CHUNK_ENTRIES = 1 << 18
+_CHUNK_ENTRIES_GPU = 1 << 24
 # Between-class spread below this fraction of the feature scale (RMS norm of a feature vector)
 # is rounding noise: the class means coincide and Tr(Sigma_W Sigma_B^+) is not a measurement.
 COINCIDE_RTOL = 1e-10
 
 
-def _row_chunks(N: int, d: int):
-    rows = max(1, _CHUNK_ENTRIES // max(d, 1))
+def _row_chunks(N: int, d: int, device: torch.device = torch.device("cpu")):
+    rows = max(1, (_CHUNK_ENTRIES if device.type == "cpu" else _CHUNK_ENTRIES_GPU) // max(d, 1))
     for start in range(0, N, rows):
         yield start, min(N, start + rows)
 
@@ -66,7 +68,7 @@ def class_stats(H: torch.Tensor, y: torch.Tensor, num_classes: int | None = None
     N, d = H.shape
     sums = torch.zeros(K, d, dtype=torch.float64, device=H.device)
     sq = torch.zeros((), dtype=torch.float64, device=H.device)
-    for s, e in _row_chunks(N, d):
+    for s, e in _row_chunks(N, d, H.device):
         chunk = H[s:e].to(torch.float64).reshape(e - s, d)
         sums.index_add_(0, y[s:e], chunk)
         flat = chunk.reshape(-1)
@@ -84,7 +86,7 @@ def project_rows(H: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         return H @ V.T
     out = torch.empty(H.shape[0], V.shape[0], dtype=torch.float64, device=H.device)
     Vt = V.T
-    for s, e in _row_chunks(*H.shape):
+    for s, e in _row_chunks(*H.shape, H.device):
         torch.mm(H[s:e].to(torch.float64), Vt, out=out[s:e])
     return out
 
