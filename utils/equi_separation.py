@@ -94,9 +94,10 @@ class Config:
     def for_profile(cls, profile: str, smoke: bool = False) -> "Config":
         """``quick``: depths 4 and 8 with the three optimisers (one seed, 150 epochs, milestones
         50/100), depth 20 with SGD, the controls, a 3-point sweep and the small CNN; ``full``: the
-        paper's MLP protocol (3 depths x 3 optimisers x 3 seeds, 600 epochs) plus the CNN and the
-        residual network; ``paper``: ``full`` with the paper's whole Adam grid at depth 8 and
-        checkpoints.  ``smoke`` keeps the code path and shrinks every size."""
+        paper's MLP protocol (3 depths x 3 optimisers x 3 seeds, 600 epochs), the controls, a
+        3-point Adam sweep, and one CNN and one residual network (300 epochs); ``paper``: ``full``
+        with the paper's whole Adam grid at depth 8, three seeds of each convolutional network for
+        600 epochs, and checkpoints.  ``smoke`` keeps the code path and shrinks every size."""
         check_profile(profile)
         if profile == "quick":
             cfg = cls(profile="quick", epochs=150, milestones=(50, 100), seeds=(0,),
@@ -106,7 +107,7 @@ class Config:
                       control_epochs=150, sweep_lrs=(1e-4, 1e-3, 3e-3), conv_archs=("cnn",), conv_seeds=(0,),
                       conv_epochs=30, conv_channels=8)
         elif profile == "full":
-            cfg = cls(profile="full", sweep_lrs=(3e-5, 3e-4, 3e-3))
+            cfg = cls(profile="full", sweep_lrs=(3e-5, 3e-4, 3e-3), conv_seeds=(0,), conv_epochs=300)
         else:
             cfg = cls(profile="paper")
         if smoke:
@@ -209,10 +210,12 @@ def _row(D, D_test, D_eval, **info) -> dict:
 
 def train_group(cfg: Config, data, layer_num: int, specs: list[dict], epochs: int, milestones,
                 batchnorm: bool = True, nonlinear: bool = True, snapshots: tuple[int, ...] = (),
-                progress: bool = True, desc: str = "", checkpoint=None, key: str = "") -> list[dict]:
+                progress: bool = True, desc: str = "", checkpoint=None, key: str = "",
+                init: str = "torch") -> list[dict]:
     """Train the models ``specs`` (dicts with ``optimizer``, ``lr``, ``seed``) of one architecture
     and measure each: D_l on training data (BatchNorm with batch statistics, the paper's way), on
     test data (same), on training data in eval mode; accuracies; snapshots of D_l.
+    ``init``: ``"torch"`` (PyTorch's default, the paper's) or ``"he"`` (He-uniform, zero biases).
 
     The SGD-family models (sgd, momentum) are trained as one :class:`BatchedMLP` and the Adam
     models as another (their updates share no element-wise work); rows come back in ``specs`` order.
@@ -224,7 +227,7 @@ def train_group(cfg: Config, data, layer_num: int, specs: list[dict], epochs: in
     for fam, idx in families.items():
         sub = _train_batch(cfg, data, layer_num, [specs[i] for i in idx], epochs, milestones, batchnorm,
                            nonlinear, snapshots, progress, f"{desc} ({fam})", checkpoint,
-                           f"{key}_{fam}" if key else "")
+                           f"{key}_{fam}" if key else "", init)
         for i, row in zip(idx, sub):
             rows[i] = row
     return rows
@@ -232,11 +235,11 @@ def train_group(cfg: Config, data, layer_num: int, specs: list[dict], epochs: in
 
 def _train_batch(cfg: Config, data, layer_num: int, specs: list[dict], epochs: int, milestones,
                  batchnorm: bool, nonlinear: bool, snapshots: tuple[int, ...], progress: bool, desc: str,
-                 checkpoint, key: str) -> list[dict]:
+                 checkpoint, key: str, init: str = "torch") -> list[dict]:
     X, y, Xt, yt = data
     seeds = [s["seed"] for s in specs]
     model = BatchedMLP(len(specs), X[0].numel(), cfg.width, layer_num, int(y.max()) + 1,
-                       batchnorm=batchnorm, nonlinear=nonlinear, seeds=seeds).to(X.device)
+                       batchnorm=batchnorm, nonlinear=nonlinear, init=init, seeds=seeds).to(X.device)
     snaps: dict[int, list[list[float]]] = {}
     if 0 in snapshots:
         snaps[0] = fuzziness_profile(model.features(X, bn="batch"), y)
@@ -256,7 +259,7 @@ def _train_batch(cfg: Config, data, layer_num: int, specs: list[dict], epochs: i
     rows = []
     for r, s in enumerate(specs):
         row = _row(D[r], Dt[r], De[r], depth=layer_num + 2, layer_num=layer_num, optimizer=s["optimizer"],
-                   lr=s["lr"], seed=s["seed"], epochs=epochs, batchnorm=batchnorm, nonlinear=nonlinear,
+                   lr=s["lr"], seed=s["seed"], epochs=epochs, batchnorm=batchnorm, nonlinear=nonlinear, init=init,
                    train_acc=tr[r], test_acc=te[r], final_loss=hists[r].loss[-1],
                    train_acc_history=hists[r].accuracy[:: max(1, epochs // 50)])
         if snapshots:
@@ -499,7 +502,7 @@ def plot_ratios(results: dict):
             ax.fill_between(ls, R.min(0), R.max(0), color=PALETTE[DEPTH_COLOURS[depth]], alpha=0.15)
     ax.axhline(1, color="grey", lw=0.8, ls=":")
     ax.set_yscale("log")
-    label(ax, "layer l (maps D_{l-1} to D_l)", "ratio D_l / D_{l-1} (unitless, log scale)",
+    label(ax, "layer l (maps $D_{l-1}$ to $D_l$)", "ratio $D_l / D_{l-1}$ (unitless, log scale)",
           "Reduction factor of each layer (band: min to max over runs)")
     ax.legend(fontsize=8)
     return fig
@@ -527,6 +530,7 @@ def plot_emergence(results: dict):
     ax.axhline(-1, color="grey", lw=0.8, ls=":")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlim(0, max(epochs) * 1.1)
     label(ax, "epoch (symmetric log scale)", "Pearson(l, log D_l) (unitless)", "straightness of the decay")
     ax.legend(fontsize=7, ncol=2)
     return fig
