@@ -9,8 +9,9 @@ epochs on 1,000 Fashion-MNIST images (10x10, batch 128, weight decay 5e-4, lr / 
   end, for every layer l = 0..L+1, the features recomputed from the input in chunks of 100 with
   BatchNorm in training mode (its ``get_features(x, l)``), then D_l.  Data are device tensors
   (the paper's code builds every batch from a Python list of single images, which is slower).
-* ``batched``: the chapter's path: the networks of one depth as one ``BatchedMLP`` trained by
-  ``utils.batched.fit_many``, then every layer's features in one pass.
+* ``batched``: the chapter's path: the networks of one depth and optimiser family as one
+  ``BatchedMLP`` trained by ``utils.batched.fit_many``, then every layer's features in one pass
+  (training data only, like the sequential path).
 
 Both do the same number of epochs; per-epoch costs are constant, so ``--epochs 30`` measures the
 same ratio as 600 epochs in a twentieth of the time (the printed totals are for the epochs run).
@@ -32,8 +33,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 from utils import equi_separation as es  # noqa: E402
+from utils.batched import fit_many  # noqa: E402
 from utils.metrics import separation_fuzziness  # noqa: E402
-from utils.models import FeatureMLP  # noqa: E402
+from utils.models import BatchedMLP, FeatureMLP  # noqa: E402
 
 
 def clock(device: torch.device) -> float:
@@ -78,11 +80,16 @@ def sequential_one(X, y, layer_num: int, optimizer: str, lr: float, seed: int, e
 
 
 def batched_all(cfg, X, y, epochs: int) -> None:
-    data = (X, y, X[:1000], y[:1000])
+    """Every depth: the SGD-family networks as one BatchedMLP, the Adam ones as another (as the
+    chapter does), trained by fit_many, then D_l of every layer from one feature pass."""
     for L in es.LAYER_NUMS:
-        specs = [{"optimizer": o, "lr": es.PAPER_LR[o][es.LAYER_NUMS.index(L)], "seed": s}
-                 for o in cfg.optimizers for s in cfg.seeds]
-        es.train_group(cfg, data, L, specs, epochs, (epochs // 3, 2 * epochs // 3), progress=False)
+        for family in (("sgd", "momentum"), ("adam",)):
+            specs = [(o, es.PAPER_LR[o][es.LAYER_NUMS.index(L)], s) for o in family for s in cfg.seeds]
+            model = BatchedMLP(len(specs), X[0].numel(), 100, L, 10, seeds=[s for *_, s in specs]).to(X.device)
+            fit_many(model, X, y, epochs, optimizer=[o for o, *_ in specs], lr=[lr for _, lr, _ in specs],
+                     weight_decay=5e-4, milestones=(epochs // 3, 2 * epochs // 3), batch_size=128,
+                     seeds=[s for *_, s in specs], progress=False)
+            es.fuzziness_profile(model.features(X, bn="batch"), y)
 
 
 def main(argv=None) -> int:
