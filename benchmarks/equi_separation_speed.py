@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     print(f"device {device} ({platform.processor() or platform.machine()}, {args.threads} thread(s)), "
           f"torch {torch.__version__}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"sequential (one network at a time): {t_seq:.1f} {unit}")
-    print(f"batched (one BatchedMLP per depth):  {t_batched:.1f} {unit}")
+    print(f"batched (one BatchedMLP per depth and optimiser family): {t_batched:.1f} {unit}")
     print(f"speed-up: {t_seq / t_batched:.2f}x")
     return 0
 
