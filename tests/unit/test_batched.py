@@ -92,3 +92,21 @@ def test_bad_inputs_raise_clear_errors():
         m(torch.randn(4, 5))
     with pytest.raises(ValueError, match="init"):
         BatchedMLP(2, 12, 8, 1, 3, init="xavier")
+
+
+def test_checkpoint_resumes_batched_training(tmp_path):
+    """An interrupted fit_many resumes from its saved state to the same parameters."""
+    from utils.checkpoint import Checkpoint
+    X, y = _data()
+    kw = dict(optimizer=["momentum", "adam"], lr=[0.05, 1e-3], milestones=(3,), batch_size=32, seeds=[0, 1],
+              progress=False)
+    reference = BatchedMLP(2, 12, 8, 1, 3, seeds=[0, 1])
+    fit_many(reference, X, y, 6, **kw)
+    ck = Checkpoint(tmp_path, every_seconds=1e-9)
+    fit_many(BatchedMLP(2, 12, 8, 1, 3, seeds=[0, 1]), X, y, 4, checkpoint=ck, checkpoint_key="job", **kw)
+    assert ck.load_state("job")["epoch"] == 3
+    resumed = BatchedMLP(2, 12, 8, 1, 3, seeds=[0, 1])
+    hists = fit_many(resumed, X, y, 6, checkpoint=ck, checkpoint_key="job", **kw)
+    assert hists[0].epoch == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(reference.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b)
