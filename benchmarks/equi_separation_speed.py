@@ -1,0 +1,130 @@
+"""Equi-separation protocol: one network at a time (the paper's algorithm) vs all networks batched.
+
+The paper's protocol trains 27 MLPs (depths 4, 8, 20 x SGD, momentum, Adam x 3 seeds) for 600
+epochs on 1,000 Fashion-MNIST images (10x10, batch 128, weight decay 5e-4, lr / 10 at 1/3 and
+2/3 of training) and then measures the separation fuzziness after every layer.
+
+* ``sequential``: the algorithm of the paper's code, re-implemented: one ``nn.Module`` and one
+  ``torch.optim`` optimiser per network, a fresh shuffled mini-batch order per epoch, and at the
+  end, for every layer l = 0..L+1, the features recomputed from the input in chunks of 100 with
+  BatchNorm in training mode (its ``get_features(x, l)``), then D_l.  Data are device tensors
+  (the paper's code builds every batch from a Python list of single images, which is slower).
+* ``batched``: the chapter's path: the networks of one depth and optimiser family as one
+  ``BatchedMLP`` trained by ``utils.batched.fit_many``, then every layer's features in one pass
+  (training data only, like the sequential path).
+
+Both do the same number of epochs; per-epoch costs are constant, so ``--epochs 30`` measures the
+same ratio as 600 epochs in a twentieth of the time (the printed totals are for the epochs run).
+Times are CPU seconds of this process (``time.process_time``) on a CPU, wall seconds on a GPU.
+
+    python benchmarks/equi_separation_speed.py [--epochs 600] [--device cpu] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
+from utils import equi_separation as es  # noqa: E402
+from utils.batched import fit_many  # noqa: E402
+from utils.metrics import separation_fuzziness  # noqa: E402
+from utils.models import BatchedMLP, FeatureMLP  # noqa: E402
+
+
+def clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return time.perf_counter()
+    return time.process_time()
+
+
+def sequential_one(X, y, layer_num: int, optimizer: str, lr: float, seed: int, epochs: int) -> list[float]:
+    """One network, the paper's loop (re-implemented): train, then D_l layer by layer."""
+    torch.manual_seed(seed)
+    model = FeatureMLP(X[0].numel(), 100, layer_num, 10).to(X.device)
+    if optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=5e-4)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9 if optimizer == "momentum" else 0.0,
+                              weight_decay=5e-4)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for epoch in range(epochs):
+        if epoch in (epochs // 3, 2 * epochs // 3):
+            for group in opt.param_groups:
+                group["lr"] /= 10
+        perm = torch.randperm(len(y), generator=g).to(X.device)
+        for s in range(0, len(y), 128):
+            idx = perm[s:s + 128]
+            opt.zero_grad()
+            F.cross_entropy(model(X[idx]), y[idx]).backward()
+            opt.step()
+    D = []
+    with torch.no_grad():                       # the paper's measurement: no eval(), chunks of 100
+        for l in range(layer_num + 2):
+            feats = []
+            for s in range(0, len(y), 100):
+                h = X[s:s + 100].flatten(1)
+                for block in model.blocks[:l]:
+                    h = block(h)
+                feats.append(h)
+            D.append(separation_fuzziness(torch.cat(feats), y))
+    return D
+
+
+def batched_all(cfg, X, y, epochs: int) -> None:
+    """Every depth: the SGD-family networks as one BatchedMLP, the Adam ones as another (as the
+    chapter does), trained by fit_many, then D_l of every layer from one feature pass."""
+    for L in es.LAYER_NUMS:
+        for family in (("sgd", "momentum"), ("adam",)):
+            specs = [(o, es.PAPER_LR[o][es.LAYER_NUMS.index(L)], s) for o in family for s in cfg.seeds]
+            model = BatchedMLP(len(specs), X[0].numel(), 100, L, 10, seeds=[s for *_, s in specs]).to(X.device)
+            fit_many(model, X, y, epochs, optimizer=[o for o, *_ in specs], lr=[lr for _, lr, _ in specs],
+                     weight_decay=5e-4, milestones=(epochs // 3, 2 * epochs // 3), batch_size=128,
+                     seeds=[s for *_, s in specs], progress=False)
+            es.fuzziness_profile(model.features(X, bn="batch"), y)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--epochs", type=int, default=600)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cfg = es.Config.for_profile("full")
+    X, y, _, _ = es.load_data(cfg, device)
+    # shuffle once (the paper's pickled training set is in random order; chunks of 100 then mix classes)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0)).to(device)
+    X, y = X[perm], y[perm]
+    jobs = [(L, o, s) for L in es.LAYER_NUMS for o in cfg.optimizers for s in cfg.seeds]
+
+    batched_all(cfg, X, y, 1)                    # warm-up of both paths
+    sequential_one(X, y, 2, "sgd", 0.1, 0, 1)
+    start = clock(device)
+    batched_all(cfg, X, y, args.epochs)
+    t_batched = clock(device) - start
+    start = clock(device)
+    for L, o, s in jobs:
+        sequential_one(X, y, L, o, es.PAPER_LR[o][es.LAYER_NUMS.index(L)], s, args.epochs)
+    t_seq = clock(device) - start
+    unit = "CPU s" if device.type == "cpu" else "wall s"
+    print(f"equi-separation protocol: {len(jobs)} networks x {args.epochs} epochs, with per-layer measurement")
+    print(f"device {device} ({platform.processor() or platform.machine()}, {args.threads} thread(s)), "
+          f"torch {torch.__version__}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"sequential (one network at a time): {t_seq:.1f} {unit}")
+    print(f"batched (one BatchedMLP per depth and optimiser family): {t_batched:.1f} {unit}")
+    print(f"speed-up: {t_seq / t_batched:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
