@@ -35,6 +35,7 @@ from .elasticity_math import (PROBE_MEMORY_BYTES, Params, TRAINED, angular_dista
                               graph_geodesic_distances, flat_geodesic_distances)
 from .experiment import JsonResult, check_profile, mlp_memory_bytes
 from .metrics import pearson
+from .profiles import torch_threads
 from .train import progress_bar
 
 EXPERIMENT = "local_elasticity"
@@ -523,6 +524,11 @@ def stability_experiment(cfg: Config, device: torch.device) -> dict:
 def run(config: Config, device: torch.device | str = "cpu", progress: bool = True) -> Result:
     """Every experiment of the chapter, in the order of the notebook."""
     device = torch.device(device)
+    with torch_threads(1, device):  # small batched matrices: one thread is faster and avoids oversubscription
+        return _run(config, device, progress)
+
+
+def _run(config: Config, device: torch.device, progress: bool) -> Result:
     torch.manual_seed(0)
     synthetic = donut_experiment(config, device, progress)
     growth, profile = growth_experiment(config, device, progress)
