@@ -577,9 +577,9 @@ CLAIMS = [
     Claim(id="le.torus", chapter=EXPERIMENT,
           statement="After training, a ReLU network's relative similarity falls with geodesic distance on the "
                     "two rippled curves while a linear network's does not depend on it.",
-          source="He & Su (ICLR 2020), Section 3, Figure 2 and Table 1 (torus-like data)",
-          paper_value="strongly negative Pearson correlation for ReLU networks (about -0.9 and below), near 0 for "
-                      "linear networks",
+          source="He & Su (ICLR 2020), Section 3: synthetic manifolds, Pearson correlation of S_rel with geodesic "
+                 "distance",
+          paper_value="strongly negative for ReLU networks, close to 0 for linear networks",
           criterion="trained ReLU (standard parametrisation) Pearson(S_rel, geodesic) <= -0.85 and linear >= -0.5",
           check=_torus, holds=lambda m: m["relu"] <= -0.85 and m["linear"] >= -0.5, expected=False,
           reason="at width 1000 our standard-parametrised ReLU network, trained to 98 % accuracy with 400 epochs of "
@@ -590,7 +590,7 @@ CLAIMS = [
     Claim(id="le.growth", chapter=EXPERIMENT,
           statement="Training makes a feature-learning network more locally elastic: the ratio of S_rel to the "
                     "anchor's own class over S_rel to dissimilar classes grows, and a linear network's does not.",
-          source="He & Su (ICLR 2020), Section 3.2 and Figure 4 (local elasticity grows during training)",
+          source="He & Su (ICLR 2020), Section 3: local elasticity over the course of training",
           paper_value="relative similarity to same-class examples rises during training, for nonlinear networks only",
           criterion="median over seeds of ratio(end)/ratio(init) >= 1.3 for ReLU (standard parametrisation), and "
                     "|ratio(end)/ratio(init) - 1| < 0.1 for every linear-network seed",
@@ -598,7 +598,7 @@ CLAIMS = [
     Claim(id="le.class_order", chapter=EXPERIMENT,
           statement="After training, an SGD step on a shirt moves the shirts most, then the similar clothing "
                     "classes, and the dissimilar classes least.",
-          source="He & Su (ICLR 2020), Section 3.2 (similarity by class on image data)",
+          source="He & Su (ICLR 2020), Section 3: relative similarity between classes of real images",
           paper_value="own class first, similar classes next, dissimilar classes last",
           criterion="own class has the largest mean S_rel and min(similar) > max(dissimilar)",
           check=_class_order,
@@ -609,8 +609,8 @@ CLAIMS = [
     Claim(id="le.clustering", chapter=EXPERIMENT,
           statement="Clustering by a trained network's local elasticity separates the two classes of a super-class "
                     "better than K-means on pixels.",
-          source="He & Su (ICLR 2020), Section 4, Table 2 (MNIST and CIFAR-10 super-classes)",
-          paper_value="elasticity-based clustering beats K-means and PCA + K-means on every tuple",
+          source="He & Su (ICLR 2020), Section 4: clustering with local elasticity (MNIST and CIFAR-10 tuples)",
+          paper_value="elasticity-based clustering outperforms K-means and PCA + K-means on the reported tuples",
           criterion="95 % interval of the mean margin (elasticity K-means - pixel K-means) over tuples and seeds "
                     "lies above 0",
           check=lambda r: r["clustering"]["margins"]["elasticity_relu-pixel"],
@@ -622,7 +622,7 @@ CLAIMS = [
     Claim(id="le.sde_fit", chapter=EXPERIMENT,
           statement="The locally elastic ODE with coefficients fitted to a network reproduces its class-mean logits, "
                     "and the intra/inter ratio falls as labels are corrupted.",
-          source="Zhang, Wang & Su (NeurIPS 2021), Section 4, Figures 3-5",
+          source="Zhang, Wang & Su (NeurIPS 2021), experiments: estimated LE-SDE against real logits, label corruption",
           paper_value="LE-SDE trajectories match the real logits; alpha/beta decreases toward 1 as the corruption "
                       "grows and separation disappears",
           criterion="relative trajectory error <= 0.25 on clean labels and alpha/beta (mean over the second half of "
@@ -635,8 +635,9 @@ CLAIMS = [
     Claim(id="le.stability", chapter=EXPERIMENT,
           statement="Removing one training example changes the loss at most test points far less than the worst "
                     "case, so the locally elastic constant is much smaller than the uniform one.",
-          source="Deng, He & Su (ICML 2021), Section 3 and Figure 1",
-          paper_value="beta(z_i, z) is concentrated far below its supremum; the locally elastic bound is tighter",
+          source="Deng, He & Su (ICML 2021), locally elastic stability and its generalisation bound",
+          paper_value="for neural networks beta(z_i, z) is far below its supremum for most pairs, so the locally "
+                      "elastic bound is tighter than the uniform-stability bound",
           criterion="median of beta(z_i, z) <= 0.5 x sup beta",
           check=lambda r: r["stability"]["median_over_sup"], holds=lambda m: m <= 0.5),
 ]
@@ -667,7 +668,6 @@ def plot_donut_similarity(result):
         ax.scatter(d[keep], S[keep], s=8, color=PALETTE[j])
         label(ax, "angular distance to the anchor (rad)", "S_rel (unitless)",
               f"{NET_LABELS[name]}: Pearson {net['pearson_trained']:.2f}")
-    fig.tight_layout()
     return fig
 
 
@@ -689,7 +689,6 @@ def plot_kernels(result):
     ax.bar(xs, [nets[n]["kernel_change"] for n in names], 0.5, color=PALETTE[1])
     ax.set_xticks(xs, [NET_LABELS[n] for n in names])
     label(ax, "network", "||Theta_T - Theta_0|| / ||Theta_0|| (unitless)")
-    fig.tight_layout()
     return fig
 
 
@@ -727,7 +726,6 @@ def plot_class_profile(result):
     ax.set_xticks(xs, [p["classes"][c] for c in order], rotation=30)
     label(ax, "class of the probe x' (own | similar | other | dissimilar)", "mean S_rel from shirts (unitless)")
     ax.legend()
-    fig.tight_layout()
     return fig
 
 
@@ -747,7 +745,6 @@ def profile_frame(result, index: int):
     ax.set_ylim(0, max(np.asarray(g["profiles"]).mean(1).max() * 1.05, 1e-9))
     label(ax, "class of the probe x'", "mean S_rel from shirts (unitless)",
           f"epoch {g['epochs'][index]}, training accuracy {np.mean(g['accuracy'][index]):.2f}")
-    fig.tight_layout()
     return fig
 
 
@@ -765,7 +762,7 @@ def plot_clustering(result):
     ax.set_xticks(xs, [f"{t['tuple'][0]}\n{t['tuple'][1]}" for t in c["per_tuple"]], fontsize=8)
     ax.set_ylim(0.5, 1.02)
     label(ax, "positive classes A, B of each tuple", "clustering accuracy (fraction)")
-    ax.legend(fontsize=7, ncol=3, loc="lower center")
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.28))
     ax = axes[0, 1]
     keys = list(c["margins"])
     for j, k in enumerate(keys):
@@ -775,7 +772,6 @@ def plot_clustering(result):
     ax.axvline(0, color="gray", ls="--", lw=1)
     ax.set_yticks(range(len(keys)), [k.replace("elasticity_", "el. ").replace("-", " - ") for k in keys], fontsize=8)
     label(ax, "accuracy margin, mean and 95 % interval (fraction)", "comparison")
-    fig.tight_layout()
     return fig
 
 
@@ -805,7 +801,6 @@ def plot_sde_fit(result):
     ax.axhline(1.0, color="gray", ls="--", lw=1)
     label(ax, "SGD step (window centre)", "alpha_hat / beta_hat (unitless)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
     return fig
 
 
@@ -831,7 +826,6 @@ def plot_phase(result):
     axes[0, 1].axvline(1.0, color="gray", ls="--")
     label(axes[0, 1], "intra/inter elasticity alpha/beta (unitless)", "separation (unitless, log scale)", f"K = {K0}")
     axes[0, 1].legend()
-    fig.tight_layout()
     return fig
 
 
@@ -850,6 +844,6 @@ def plot_stability(result):
     for v, name, col in ((c["median"], "median", PALETTE[2]), (c["locally_elastic"], "sup_i mean_z (LE)", PALETTE[1]),
                          (c["uniform"], "sup (uniform)", PALETTE[7])):
         ax.axvline(v, color=col, ls="--", label=f"{name} = {v:.2g}")
-    label(ax, "beta(z_i, z) = |loss change at z| (squared loss)", "count of (i, z) pairs")
+    label(ax, "beta(z_i, z) = |change of the squared loss at z| (unitless)", "count of (i, z) pairs")
     ax.legend(fontsize=8)
     return fig
