@@ -685,7 +685,7 @@ def plot_kernels(result):
     ax.axhline(-0.85, color="gray", ls="--", lw=1)
     ax.set_xticks(xs, [NET_LABELS[n] for n in names])
     label(ax, "network", "Pearson(S_rel, geodesic) (unitless)")
-    ax.legend()
+    ax.legend(loc="lower right", fontsize=8)
     ax = axes[0, 1]
     ax.bar(xs, [nets[n]["kernel_change"] for n in names], 0.5, color=PALETTE[1])
     ax.set_xticks(xs, [NET_LABELS[n] for n in names])
