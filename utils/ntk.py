@@ -70,7 +70,8 @@ class Config:
     cntk_depth: int = 1
     cntk_dtype: str = "float32"
     cntk_budget: int = 2**24                      # bytes of pair temporaries per block
-    cntk_probe_channels: tuple[int, ...] = (16, 64, 256, 1024)
+    cntk_probe_channels: tuple[int, ...] = (16, 64, 256, 1024, 4096)
+    cntk_probe_seeds: int = 6
     seed: int = 0
     smoke: bool = False
 
@@ -83,19 +84,21 @@ class Config:
             cfg = cls(profile="full", test_per_class=1000, resize=None,
                       widths=(100, 316, 1000, 3162, 10000, 31623, 50000), steps=1000, long_width=50000,
                       long_steps=4000, kernel_points=1000, sweep_width=10000, sweep_steps=2000,
-                      cntk_per_class=100, cntk_depth=2, cntk_budget=2**29)
+                      cntk_per_class=100, cntk_depth=2, cntk_budget=2**29,
+                      cntk_probe_channels=(16, 64, 256, 1024))
         else:  # Arora et al. (2019) use n = 10,000 two-class images and width 10,000; CNTK depth >= 3
             cfg = cls(profile="paper", per_class=5000, test_per_class=1000, resize=None,
                       widths=(1000, 3162, 10000, 31623), steps=1000, long_width=31623, long_steps=20000,
                       kernel_points=2000, sweep_width=10000, sweep_steps=20000, cntk_per_class=500,
-                      cntk_image=14, cntk_frame=20, cntk_depth=3, cntk_budget=2**30)
+                      cntk_image=14, cntk_frame=20, cntk_depth=3, cntk_budget=2**30,
+                      cntk_probe_channels=(16, 64, 256, 1024))
         if smoke:
             cfg = dataclasses.replace(cfg, per_class=12, test_per_class=10, resize=6, widths=(50, 200, 800),
                                       steps=5, long_width=200, long_steps=20, kernel_points=12,
                                       probe_widths=(100, 1000), probe_points=6,
                                       corruption=(0.0, 0.5, 1.0), sweep_width=cfg.sweep_width and 100,
                                       sweep_steps=cfg.sweep_steps and 10, cntk_per_class=2, cntk_image=4,
-                                      cntk_frame=6, cntk_probe_channels=(8, 32), smoke=True)
+                                      cntk_frame=6, cntk_probe_channels=(8, 32), cntk_probe_seeds=2, smoke=True)
         return cfg
 
     @property
@@ -361,14 +364,14 @@ def _cntk(cfg: Config, device: torch.device, progress: bool, ck: Checkpoint | No
                                              A, B)
     out["translation_identity_error"] = float((gap_circ - averaged).abs().max() / gap_circ.abs().max())
 
-    # the finite ConvNet's empirical NTK against the exact kernel (3 small images, 3 seeds per width)
+    # the finite ConvNet's empirical NTK against the exact kernel (3 small images, mean over seeds per width)
     small = torch.nn.functional.interpolate(X[:3].double().cpu(), size=(6, 6), mode="area")
     exact = dict(zip(("none", "gap"), cntk_lib.cntk_pairs(small, small, cfg.cntk_depth, "zeros")))
     finite = {}
     for pool in ("none", "gap"):
         finite[pool] = [float(np.mean([float((cntk_lib.empirical_ntk(
             cntk_lib.ConvNet(1, (6, 6), c, cfg.cntk_depth, pool, seed=s).double(), small) - exact[pool]).norm()
-            / exact[pool].norm()) for s in range(3)])) for c in cfg.cntk_probe_channels]
+            / exact[pool].norm()) for s in range(cfg.cntk_probe_seeds)])) for c in cfg.cntk_probe_channels]
     out["finite_width"] = {"channels": list(cfg.cntk_probe_channels), "relative_error": finite}
     return out
 
@@ -392,8 +395,12 @@ def run(config: Config, device: torch.device, progress: bool = True) -> Result:
 
 # ----------------------------------------------------------------------------- claims
 
-def _monotone(values: Sequence[float]) -> bool:
-    return all(b >= a for a, b in zip(values[:-1], values[1:]))
+MONOTONE_TOLERANCE = 0.02    # relative dip allowed between neighbouring corruption fractions (sampling noise)
+
+
+def _largest_dip(values: Sequence[float]) -> float:
+    """Largest relative decrease between consecutive values (0 for a non-decreasing sequence)."""
+    return max([0.0] + [(a - b) / abs(a) for a, b in zip(values[:-1], values[1:]) if a])
 
 
 def _labels_check(r: dict) -> dict:
@@ -401,8 +408,8 @@ def _labels_check(r: dict) -> dict:
     sweep = r["corruption"]
     return {"complexity_ratio": widest["random"]["complexity"] / widest["true"]["complexity"],
             "steps_ratio": widest["random"]["steps_to_1pct"] / widest["true"]["steps_to_1pct"],
-            "complexity_monotone": float(_monotone(sweep["complexity"])),
-            "steps_monotone": float(_monotone(sweep["steps_to_1pct"]))}
+            "complexity_largest_dip": _largest_dip(sweep["complexity"]),
+            "steps_largest_dip": _largest_dip(sweep["steps_to_1pct"])}
 
 
 def _gap_check(r: dict) -> dict:
@@ -426,11 +433,12 @@ CLAIMS = [
           source="Arora, Du, Hu, Li & Wang (ICML 2019), Figures 1 and 2 (MNIST, CIFAR-10; label corruption)",
           paper_value="training is slower and the complexity measure larger for random labels; both increase "
                       "with the fraction of corrupted labels, as the test error does",
-          criterion="random/true ratio >= 3 for the complexity and for the steps to 1 % loss; both monotone "
-                    "non-decreasing over the corruption fractions",
+          criterion="random/true ratio >= 3 for the complexity and for the steps to 1 % loss; both "
+                    "non-decreasing along the corruption sweep, up to a 2 % relative dip between neighbouring "
+                    "fractions (near 100 % the labels barely change from one fraction to the next)",
           check=_labels_check,
           holds=lambda m: m["complexity_ratio"] >= 3 and m["steps_ratio"] >= 3
-          and m["complexity_monotone"] == 1 and m["steps_monotone"] == 1),
+          and m["complexity_largest_dip"] <= MONOTONE_TOLERANCE and m["steps_largest_dip"] <= MONOTONE_TOLERANCE),
     Claim(id="ntk.vacuous", chapter=EXPERIMENT,
           statement="For the true labels the complexity measure, the label-dependent term of the bound on the "
                     "test error, is above 1: the bound is vacuous for the 0-1 error at this sample size; it "
