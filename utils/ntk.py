@@ -365,12 +365,13 @@ def _cntk(cfg: Config, device: torch.device, progress: bool, ck: Checkpoint | No
     out["translation_identity_error"] = float((gap_circ - averaged).abs().max() / gap_circ.abs().max())
 
     # the finite ConvNet's empirical NTK against the exact kernel (3 small images, mean over seeds per width)
-    small = torch.nn.functional.interpolate(X[:3].double().cpu(), size=(6, 6), mode="area")
+    small = torch.nn.functional.interpolate(X[:3].double(), size=(6, 6), mode="area")
     exact = dict(zip(("none", "gap"), cntk_lib.cntk_pairs(small, small, cfg.cntk_depth, "zeros")))
     finite = {}
     for pool in ("none", "gap"):
         finite[pool] = [float(np.mean([float((cntk_lib.empirical_ntk(
-            cntk_lib.ConvNet(1, (6, 6), c, cfg.cntk_depth, pool, seed=s).double(), small) - exact[pool]).norm()
+            cntk_lib.ConvNet(1, (6, 6), c, cfg.cntk_depth, pool, seed=s).double().to(device), small)
+            - exact[pool]).norm()
             / exact[pool].norm()) for s in range(cfg.cntk_probe_seeds)])) for c in cfg.cntk_probe_channels]
     out["finite_width"] = {"channels": list(cfg.cntk_probe_channels), "relative_error": finite}
     return out
