@@ -550,10 +550,11 @@ class Config:
                     oversample=(10, 100, 1000), resize=32, width=512, depth=0, steps=None, epochs=350, lr=0.1,
                     weight_decay=5e-4, lpm_ratios=grid, check_ratios=(1.0, 3.0, 10.0, 30.0, 100.0, 1000.0))
         if smoke:
-            c = dataclasses.replace(c, n_majority=20, ratios=(1.0, 20.0), oversample=(20,),
+            small = 4 if c.model == "vgg11" else 20  # VGG-11 on a CPU: a handful of images
+            c = dataclasses.replace(c, n_majority=small, ratios=(1.0, float(small)), oversample=(small,),
                                     resize=min(c.resize, 16 if c.model != "vgg11" else 32),
                                     width=min(c.width, 16), steps=None if c.steps is None else 4, epochs=1,
-                                    test_per_class=5, lpm_ratios=(1.0, 10.0, 100.0), check_ratios=(10.0,),
+                                    test_per_class=2 if c.model == "vgg11" else 5, lpm_ratios=(1.0, 10.0, 100.0), check_ratios=(10.0,),
                                     lpm_budgets=(PAPER_BUDGETS,))
         return c
 
