@@ -505,7 +505,7 @@ class Config:
 
     LPM part: ``K``, ``K_A``; ``lpm_budgets``: (E_W, E_H) pairs, the paper's (1, 5) first;
     ``lpm_ratios``: the R grid of the curves; ``check_ratios``: where the reduced program is
-    checked against the full SDP and against gradient descent on (W, H).
+    checked against the full SDP and against gradient descent on (W, H) (``gradient_steps`` steps).
     Training part: ``model`` (``batched_mlp``, ``small_cnn`` or ``vgg11``) on Fashion-MNIST at
     ``resize`` x ``resize``; ``n_majority`` images per majority class; plain runs at ``ratios``
     and, at the largest ratio, runs oversampled by each of ``oversample``; ``steps`` per run
@@ -531,6 +531,7 @@ class Config:
     K: int = 10
     K_A: int = 5
     lpm_budgets: tuple[tuple[float, float], ...] = (PAPER_BUDGETS, (1.0, 1.0), (5.0, 5.0))
+    gradient_steps: int = 4000
     seed: int = 0
 
     @classmethod
@@ -555,7 +556,7 @@ class Config:
                                     resize=min(c.resize, 16 if c.model != "vgg11" else 32),
                                     width=min(c.width, 16), steps=None if c.steps is None else 4, epochs=1,
                                     test_per_class=2 if c.model == "vgg11" else 5, lpm_ratios=(1.0, 10.0, 100.0), check_ratios=(10.0,),
-                                    lpm_budgets=(PAPER_BUDGETS,))
+                                    lpm_budgets=(PAPER_BUDGETS,), gradient_steps=300)
         return c
 
     @property
@@ -627,7 +628,7 @@ def solver_checks(config: Config, device: torch.device) -> list[dict]:
     args = (config.K, config.K_A, PAPER_E_W, PAPER_E_H)
     reduced = lpm_sweep(R, *args)
     full = lpm_sweep(R, *args, solver="convex")
-    grad = lpm_sweep(R, *args, solver="nonconvex", restarts=3, device=device)
+    grad = lpm_sweep(R, *args, solver="nonconvex", restarts=3, steps=config.gradient_steps, device=device)
     return [{"ratio": r, "reduced": float(a), "full_sdp": float(b), "gradient": float(g)}
             for r, a, b, g in zip(R, reduced, full, grad)]
 
