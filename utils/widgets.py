@@ -113,7 +113,7 @@ class LPMFigure:
         if key not in self._curves:
             e = math.sqrt(energy)
             cos = np.array([solve_symmetric_lpm(self.K, num_majority, R, e, e).minority_cosine for R in self.ratios])
-            self._curves[key] = (cos, collapse_threshold(self.K, num_majority, e, e, max_ratio=1e8, rel_precision=1e-2))
+            self._curves[key] = (cos, collapse_threshold(self.K, num_majority, e, e, max_ratio=1e8, rel_precision=1e-3))
         return self._curves[key]
 
     def update(self, ratio: float, num_majority: int, energy: float) -> None:
