@@ -502,14 +502,17 @@ CLAIMS = [
     Claim(id="lpm.relaxation", chapter=EXPERIMENT,
           statement="The convex (semidefinite) relaxation has the same optimal value as the nonconvex LPM "
                     "once the feature dimension p is at least K.",
-          source="Fang et al. (2021), Section 3 (the convex relaxation, Lemma on p >= K)",
-          paper_value="equal optimal values for p >= K",
+          source="Fang et al. (2021), section on the convex relaxation of the LPM (the program solved for "
+                 "their Fig. 3)",
+          paper_value="the relaxation is equivalent to the LPM when p >= K (proved)",
           criterion="largest |direct - SDP| optimal value <= 1e-6 over balanced p >= K and imbalanced p in {K, 2K}",
           check=_relaxation_gap, holds=lambda m: m <= 1e-6),
     Claim(id="lpm.closed_form", chapter=EXPERIMENT,
           statement="The balanced optimum is log(1 + (K-1) exp(-K sqrt(E_W E_H)/(K-1))): it depends on the "
                     "budgets only through E_W E_H.",
-          source="Fang et al. (2021), Theorem 3 and its proof", paper_value="closed form (proved)",
+          source="Fang et al. (2021), Theorem 3 (the balanced minimiser)",
+          paper_value="not stated as a number: it is the loss of Theorem 3's minimiser (ETF, ||w_k||^2 = E_W, "
+                      "||h_k||^2 = E_H), evaluated here",
           criterion="largest |direct optimum - closed form| over the (E_W, E_H) grid <= 1e-6",
           check=lambda r: float(max(abs(b["objective"] - b["closed_form"]) for b in r["budgets"])),
           holds=lambda m: m <= 1e-6),
@@ -539,10 +542,17 @@ def plot_balanced_gram(result: Result | dict):
     bal = r["balanced"]
     K = bal["K"]
     G, target = np.asarray(bal["direct"]["gram"]), np.asarray(bal["etf_gram"])
-    fig, axes = subplots(1, 3, width=14, height=4.2)
-    _gram_panel(axes[0, 0], fig, G, "LPM minimiser (direct solver)", K, vmax=1.5)
-    _gram_panel(axes[0, 1], fig, target, "prediction: ETF blocks, h_k ∥ w_k", K, vmax=1.5)
-    _gram_panel(axes[0, 2], fig, G - target, "difference", K)
+    from .plotting import gram_heatmap
+
+    fig, axes = subplots(1, 3, width=9, height=3.3, layout="constrained")
+    for ax, M, title, vmax in ((axes[0, 0], G, "LPM minimiser (direct)", 1.5),
+                               (axes[0, 1], target, "prediction (ETF, h_k ∥ w_k)", 1.5),
+                               (axes[0, 2], G - target, "difference", None)):
+        im = gram_heatmap(ax, M, title, _names(K), vmax=vmax, colorbar=False)
+        ax.set_xlabel("vector j of [W; H]")
+        ax.set_ylabel("vector i of [W; H]" if ax is axes[0, 0] else "")
+        if ax is not axes[0, 0]:
+            fig.colorbar(im, ax=ax if ax is axes[0, 2] else axes[0, :2], shrink=0.8, label="inner product (unitless)")
     return fig
 
 
@@ -558,7 +568,7 @@ def draw_dimension(result: Result | dict, p: int):
     K = r["balanced"]["K"]
     rows = r["dimension"]
     row = next(d for d in rows if d["p"] == p)
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
     ax_g, ax_v = fig.subplots(1, 2, width_ratios=[1.0, 1.2])
     im = gram_heatmap(ax_g, np.asarray(row["gram"]), f"Gram of [W; H] at p = {p}", _names(K), vmax=1.5,
                       colorbar=False)
@@ -586,7 +596,7 @@ def plot_budgets(result: Result | dict):
     bud = r["budgets"]
     Es = sorted({b["E_W"] for b in bud})
     grid = np.array([[next(b["objective"] for b in bud if b["E_W"] == a and b["E_H"] == c) for c in Es] for a in Es])
-    fig, axes = subplots(1, 2, width=11, height=4)
+    fig, axes = subplots(1, 2, width=9, height=3.6)
     ax = axes[0, 0]
     im = ax.imshow(np.log10(grid), origin="lower", cmap="viridis")
     ax.set_xticks(range(len(Es)), [f"{e:g}" for e in Es])
@@ -614,7 +624,7 @@ def plot_imbalanced(result: Result | dict):
     imb = r["imbalanced"]
     cfg = r["config"]
     K = cfg["K_A"] + cfg["K_B"]
-    fig, axes = subplots(1, 2, width=12, height=4.2)
+    fig, axes = subplots(1, 2, width=9, height=3.8)
     pairs = [(t["E_W"], t["E_H"], t["threshold"]) for t in r["thresholds"]]
     for i, (E_W, E_H, thr) in enumerate(pairs):
         rows = [x for x in imb if x["E_W"] == E_W and x["E_H"] == E_H]
@@ -630,7 +640,7 @@ def plot_imbalanced(result: Result | dict):
           f"minority classifiers merge (K_A = {cfg['K_A']}, K_B = {cfg['K_B']}; dashed: R*)")
     label(axes[0, 1], "imbalance ratio R = n_A / n_B (log scale)", "mean ‖w‖ minority / majority (unitless)",
           "minority classifiers shrink")
-    axes[0, 0].legend(fontsize=8, loc="upper left")
+    axes[0, 0].legend(fontsize=8, loc="center", bbox_to_anchor=(0.64, 0.6))
     return fig
 
 
