@@ -433,7 +433,7 @@ class Result(JsonResult):
 
 
 def train_network(spec: NetworkSpec, device: torch.device, seed: int = 0, progress: bool = True,
-                  checkpoint=None) -> dict:
+                  checkpoint=None, checkpoint_key: str | None = None) -> dict:
     """Train ``spec``'s network past zero training error, measuring NC1-NC4 along the way.
 
     Returns a JSON-ready dict: ``name``, ``arch``, ``kind`` (mlp/conv), ``spec``, ``num_classes``,
@@ -454,7 +454,7 @@ def train_network(spec: NetworkSpec, device: torch.device, seed: int = 0, progre
     model = spec.build().to(device)
     when = measurement_grid(spec.epochs, spec.measurements, spec.milestones, spec.dense_window)
     callback = nc_callback(X, y, Xt, yt, when, K, snapshot_epochs=when if spec.snapshots else (), cosines=True)
-    key = f"{spec.name}_seed{seed}"
+    key = checkpoint_key or f"{spec.name}_seed{seed}"
     history = fit(model, X, y, spec.epochs, optimizer="momentum", lr=spec.lr, weight_decay=spec.weight_decay,
                   milestones=spec.milestones, gamma=0.1, batch_size=spec.batch_size, seed=seed,
                   progress=progress, callback=callback, desc=f"neural collapse: {spec.name}",
@@ -469,15 +469,18 @@ def train_network(spec: NetworkSpec, device: torch.device, seed: int = 0, progre
 def run(config: Config, device: torch.device, progress: bool = True) -> Result:
     """Train every network of ``config`` (and the three-class geometry run); ``paper`` runs are
     checkpointed per network, so re-running the same command resumes."""
+    import hashlib
     from .checkpoint import Checkpoint
-    ck = Checkpoint.for_experiment(EXPERIMENT, config.profile) if config.checkpoint else None
+    folder = config.profile + ("_smoke" if config.smoke else "")  # smoke rows never stand in for real ones
+    ck = Checkpoint.for_experiment(EXPERIMENT, folder) if config.checkpoint else None
     out = []
     with torch_threads(config.cpu_threads, device):
         for spec in config.specs():
-            key = f"{spec.name}_seed{config.seed}"
+            # the key names the exact settings, so a changed spec is trained afresh, not read back
+            key = f"{spec.name}_seed{config.seed}_{hashlib.sha1(repr(spec).encode()).hexdigest()[:10]}"
             row = ck.done(key) if ck is not None else None
             if row is None:
-                row = train_network(spec, device, config.seed, progress, checkpoint=ck)
+                row = train_network(spec, device, config.seed, progress, checkpoint=ck, checkpoint_key=key)
                 if ck is not None:
                     ck.record(key, row)
             out.append(row)

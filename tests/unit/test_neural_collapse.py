@@ -253,3 +253,22 @@ def test_cost_per_image_counts_macs():
     assert c["macs"] == 4 * 8 * 8 * 9 + 256 * 5
     assert c["activations"] == 256 + 256 + 256 + 5 and c["largest"] == 256
     assert c["parameters"] == sum(p.numel() for p in net.parameters())
+
+
+def test_checkpointed_run_resumes_from_finished_jobs(tmp_path, monkeypatch):
+    """The paper path records each finished network; a second run reads them back instead of training."""
+    import dataclasses
+    from utils import neural_collapse as ncm
+    monkeypatch.setattr("utils.checkpoint.DEFAULT_DIR", tmp_path)
+    cfg = dataclasses.replace(ncm.Config.for_profile("quick", smoke=True), checkpoint=True)
+    first = ncm.run(cfg, torch.device("cpu"), progress=False).to_json()
+    assert (tmp_path / "neural_collapse_quick_smoke" / "jobs.json").exists()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished job was trained again")
+
+    monkeypatch.setattr(ncm, "train_network", no_training)
+    assert ncm.run(cfg, torch.device("cpu"), progress=False).to_json() == first
+    other = dataclasses.replace(cfg, networks=(dataclasses.replace(cfg.networks[0], lr=0.01),), )
+    with pytest.raises(AssertionError, match="trained again"):  # a changed setting is not read back
+        ncm.run(other, torch.device("cpu"), progress=False)
