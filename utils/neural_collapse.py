@@ -333,7 +333,8 @@ QUICK_CNN = NetworkSpec("small_cnn", "small_cnn", epochs=150, lr=0.1, weight_dec
 FULL_VGG = NetworkSpec("vgg11", "vgg11", epochs=350, lr=0.05, weight_decay=PAPER_WEIGHT_DECAY, per_class=400,
                        test_per_class=200, resize=32, measurements=20, dense_window=5)
 PAPER_NETS = tuple(NetworkSpec(a, a, epochs=350, lr=0.05, weight_decay=PAPER_WEIGHT_DECAY, per_class=None,
-                               test_per_class=None, resize=32, measurements=30) for a in ("vgg11", "resnet18"))
+                               test_per_class=None, resize=32, measurements=30, dense_window=5)
+                   for a in ("vgg11", "resnet18"))
 
 
 def _geometry(head: NetworkSpec) -> NetworkSpec:
