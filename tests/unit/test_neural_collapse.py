@@ -134,9 +134,12 @@ def test_convnets_shapes():
 
 # ----------------------------------------------------------------------------- the chapter's experiment
 
-def _run(name, kind, nc1_first=1.0, nc1_last=1e-3, mean_cos=-1 / 9, nc4=0.0, K=10):
-    rec = lambda e, v: {"epoch": e, "nc1": v, "mean_cos_means": mean_cos, "nc4": nc4}  # noqa: E731
-    return {"name": name, "kind": kind, "num_classes": K, "history": [rec(1, nc1_first), rec(300, nc1_last)]}
+def _run(name, kind, nc1_first=1.0, nc1_tpt=2e-2, nc1_last=1e-3, mean_cos=-1 / 9, nc4=0.0, K=10,
+         equiang_first=0.5, equiang_last=0.05):
+    def rec(e, v, q):
+        return {"epoch": e, "nc1": v, "mean_cos_means": mean_cos, "nc4": nc4, "equiangular_means": q}
+    hist = [rec(1, nc1_first, equiang_first), rec(30, nc1_tpt, equiang_last), rec(300, nc1_last, equiang_last)]
+    return {"name": name, "kind": kind, "num_classes": K, "tpt_epoch": 30, "history": hist}
 
 
 def _results(**kw):
@@ -146,16 +149,22 @@ def _results(**kw):
 def test_claim_nc1_both_verdicts():
     from utils import claims
     c = claims.get("nc.nc1")
-    assert c.holds(c.check(_results(nc1_last=5e-3)))
+    assert c.holds(c.check(_results(nc1_last=1.5e-3)))
     assert not c.holds(c.check(_results(nc1_last=0.05)))
-    assert c.check(_results(nc1_first=2.0, nc1_last=1e-2)) == pytest.approx(5e-3)
+    # orders of magnitude overall but not in the terminal phase: not shown
+    assert not c.holds(c.check(_results(nc1_tpt=2e-3, nc1_last=1e-3)))
+    m = c.check(_results(nc1_first=2.0, nc1_last=1e-2))
+    assert m["mlp: whole run"] == pytest.approx(5e-3) and m["mlp: terminal phase"] == pytest.approx(0.5)
+    never = _results()
+    never["runs"][0]["tpt_epoch"] = None  # never reached zero training error
+    assert not c.holds(c.check(never))
 
 
 def test_claim_nc1_conv_both_verdicts():
     from utils import claims
     c = claims.get("nc.nc1_conv")
     good = c.check(_results(nc1_last=1e-3))
-    assert set(good) == {"small_cnn"} and c.holds(good)
+    assert set(good) == {"small_cnn: whole run", "small_cnn: terminal phase"} and c.holds(good)
     bad = _results()
     bad["runs"][1] = _run("small_cnn", "conv", nc1_last=0.2)
     assert not c.holds(c.check(bad))
@@ -167,7 +176,9 @@ def test_claim_etf_both_verdicts():
     c = claims.get("nc.etf")
     assert c.holds(c.check(_results(mean_cos=-1 / 9 + 0.02)))
     assert not c.holds(c.check(_results(mean_cos=-1 / 9 - 0.05)))
-    assert c.check(_results(mean_cos=-0.5, K=3))["mlp"] == pytest.approx(0.0)
+    # the right mean cosine with an unchanged spread of the cosines is not an ETF
+    assert not c.holds(c.check(_results(equiang_last=0.3)))
+    assert c.check(_results(mean_cos=-0.5, K=3))["mlp: mean-cosine gap"] == pytest.approx(0.0)
 
 
 def test_claim_ncc_both_verdicts():
