@@ -38,7 +38,10 @@ class Config:
 
     ``step_fraction``/``max_steps``: per depth, the fraction ``c`` of the local stability limit and the
     step cap of :func:`~utils.deep_linear_gd.train_deep_factorization`; a run stops once its relative
-    training loss is below ``tol``.  ``default_scale`` is the starting scale the claims about depth
+    training loss is below ``tol``.  ``smallest_scale``: per depth, the smallest starting scale run
+    (plain gradient descent at depth 4 from a tiny start needs ~1e5 steps: the plateau before each
+    further singular value lasts ~ s^(-1/2) in gradient-flow time while the singular values already
+    learned cap the stable step).  ``default_scale`` is the starting scale the claims about depth
     and incremental learning read.  Everything runs in float64."""
 
     profile: str = "quick"
@@ -46,11 +49,12 @@ class Config:
     rank: int = 5
     depths: tuple[int, ...] = (1, 2, 3, 4)
     observed: tuple[int, ...] = (2000,)
-    scales: tuple[float, ...] = (1e-3, 1e-4, 1e-6, 1e-8)
+    scales: tuple[float, ...] = (1e-3, 1e-5, 1e-8)
     seeds: tuple[int, ...] = (0, 1, 2)
     default_scale: float = 1e-3
-    step_fraction: tuple[float, ...] = (0.25, 0.25, 0.25, 1.0)
-    max_steps: tuple[int, ...] = (1000, 6000, 6000, 6000)
+    step_fraction: tuple[float, ...] = (0.5, 0.5, 1.0, 1.0)
+    max_steps: tuple[int, ...] = (1000, 10000, 12000, 12000)
+    smallest_scale: tuple[float, ...] = (0.0, 0.0, 0.0, 1e-3)
     tol: float = 1e-6
     record_every: int = 10
     record_top: int = 10
@@ -60,19 +64,21 @@ class Config:
 
     @classmethod
     def for_profile(cls, profile: str, smoke: bool = False) -> "Config":
-        """``quick``: m = 2000, four starting scales, three seeds.  ``full``: the paper's Figure 2 grid,
-        m in {2000, 5000}, six starting scales 1e-3 ... 1e-8, five seeds.  ``paper``: the same grid with
-        ten seeds, smaller steps and a tighter solver (checkpointed per depth)."""
+        """``quick``: m = 2000, three starting scales, three seeds (depth 4 at the default scale only).  ``full``: the paper's Figure 2 grid,
+        m in {2000, 5000}, six starting scales 1e-3 ... 1e-8 (depth 4 down to 1e-4), five seeds.
+        ``paper``: every depth at every scale, ten seeds, smaller steps, long caps and a tighter solver
+        (checkpointed per depth)."""
         check_profile(profile)
         if profile == "quick":
             cfg = cls()
         elif profile == "full":
             cfg = cls(profile="full", observed=(2000, 5000), scales=(1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8),
-                      seeds=(0, 1, 2, 3, 4), solver_eps=1e-5)
+                      seeds=(0, 1, 2, 3, 4), smallest_scale=(0.0, 0.0, 0.0, 1e-4), solver_eps=1e-5)
         else:
             cfg = cls(profile="paper", observed=(2000, 5000), scales=(1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8),
-                      seeds=tuple(range(10)), step_fraction=(0.1, 0.1, 0.1, 0.25),
-                      max_steps=(5000, 40000, 40000, 60000), record_every=5, solver_eps=1e-6)
+                      seeds=tuple(range(10)), step_fraction=(0.1, 0.1, 0.25, 0.25),
+                      max_steps=(5000, 40000, 100000, 200000), smallest_scale=(0.0, 0.0, 0.0, 0.0), record_every=5,
+                      solver_eps=1e-6)
         if smoke:
             cfg = cls(profile=profile, n=12, rank=1, observed=(60,), scales=(1e-2, 1e-3), seeds=(0,),
                       default_scale=1e-2, max_steps=(50, 200, 200, 200), record_every=5, trajectory_points=20)
@@ -87,11 +93,14 @@ class Config:
         return int(2 * 8 * runs * per_run)
 
     def expected_seconds(self) -> float:
-        """About 0.7 ms per run and step at depth 2 on one core (more at depth 4), plus ~1 s per
-        nuclear-norm solve; the quick sweep measured ~80 CPU-seconds."""
-        runs = len(self.observed) * len(self.scales) * len(self.seeds)
-        steps = sum(min(cap, 4000) for cap in self.max_steps[1:])
-        return 1e-3 * runs * steps + 1.0 * len(self.observed) * len(self.seeds)
+        """About 1 ms (depth 2) to 2 ms (depth 4) per run and step on one CPU core, with runs of ~3000
+        to 8000 steps, plus ~2 s per nuclear-norm solve (measured on the quick machine)."""
+        runs = [len(self.observed) * len(self.seeds) * sum(s >= low for s in self.scales)
+                for low in self.smallest_scale]
+        per_step = (1e-4, 1e-3, 1.4e-3, 2e-3)
+        steps = [min(cap, 8000) for cap in self.max_steps]
+        total = sum(r * t * k for r, t, k in zip(runs, per_step, steps))
+        return total + 2.0 * len(self.observed) * len(self.seeds)
 
 
 @dataclass
@@ -130,10 +139,10 @@ def _train_depth(cfg: Config, depth: int, device: torch.device, progress: bool) 
     """One depth: every (m, scale, seed) run as one batch.  Returns rows, trajectories, CPU seconds."""
     start = time.process_time()
     targets, masks, problems = completion_problems(cfg.n, cfg.rank, cfg.seeds, cfg.observed, device=device)
-    labels = [(seed, m, s) for (seed, m) in problems for s in cfg.scales]
-    reps = len(cfg.scales)
-    targets, masks = targets.repeat_interleave(reps, 0), masks.repeat_interleave(reps, 0)
     i = cfg.depths.index(depth)
+    scales = [s for s in cfg.scales if s >= cfg.smallest_scale[i]]
+    labels = [(seed, m, s) for (seed, m) in problems for s in scales]
+    targets, masks = targets.repeat_interleave(len(scales), 0), masks.repeat_interleave(len(scales), 0)
     res = train_deep_factorization(targets, masks, depth, [factor_scale(s, depth, cfg.n) for _, _, s in labels],
                                    [1000 * seed + depth for seed, _, _ in labels],
                                    step_fraction=cfg.step_fraction[i], max_steps=cfg.max_steps[i], tol=cfg.tol,
@@ -288,23 +297,29 @@ CLAIMS = [
 # --------------------------------------------------------------------------- figures
 def plot_scale_sweep(results: dict, observed: int):
     """Test error, nuclear norm over the minimum, and effective rank against the starting scale, one
-    curve per depth (median over seeds, band = range); the nuclear-norm solution as a dashed line."""
+    curve per depth (median over seeds, band = range; hollow markers: some run stopped at the step cap
+    above the loss tolerance); the nuclear-norm solution as a dashed line."""
     c = results["config"]
-    scales = np.array(c["scales"])
     fig, axes = subplots(1, 3, width=13.0, height=3.9)
+    minimum = {r["seed"]: r["nuclear_norm"] for r in results["nuclear"] if r["observed"] == observed}
+    value = {"reconstruction_error": lambda r: r["reconstruction_error"],
+             "nuclear_ratio": lambda r: r["nuclear_norm"] / minimum[r["seed"]],
+             "effective_rank": lambda r: r["effective_rank"]}
     for panel, (key, ylabel) in enumerate((("reconstruction_error", "test error (relative, log scale)"),
                                            ("nuclear_ratio", "nuclear norm / minimum nuclear norm"),
                                            ("effective_rank", "effective rank (unitless)"))):
         ax = axes[0, panel]
         for i, d in enumerate(c["depths"]):
-            if key == "nuclear_ratio":
-                minimum = {r["seed"]: r["nuclear_norm"] for r in results["nuclear"] if r["observed"] == observed}
-                vals = [[r["nuclear_norm"] / minimum[r["seed"]] for r in select(results, depth=d, observed=observed,
-                                                                                 scale=s)] for s in scales]
-            else:
-                vals = [[r[key] for r in select(results, depth=d, observed=observed, scale=s)] for s in scales]
-            ax.plot(scales, [np.median(v) for v in vals], "o-", color=PALETTE[i], label=f"depth {d}")
-            ax.fill_between(scales, [min(v) for v in vals], [max(v) for v in vals], color=PALETTE[i], alpha=0.15)
+            groups = [(s, select(results, depth=d, observed=observed, scale=s)) for s in c["scales"]]
+            groups = [(s, g) for s, g in groups if g]
+            x = np.array([s for s, _ in groups])
+            vals = [[value[key](r) for r in g] for _, g in groups]
+            med = np.array([np.median(v) for v in vals])
+            ax.plot(x, med, "-", color=PALETTE[i], label=f"depth {d}")
+            ax.fill_between(x, [min(v) for v in vals], [max(v) for v in vals], color=PALETTE[i], alpha=0.15)
+            done = np.array([all(r["final_loss"] < c["tol"] for r in g) for _, g in groups])
+            ax.plot(x[done], med[done], "o", color=PALETTE[i])
+            ax.plot(x[~done], med[~done], "o", mfc="none", color=PALETTE[i])
         nn = [r for r in results["nuclear"] if r["observed"] == observed]
         ref = 1.0 if key == "nuclear_ratio" else float(np.median([r[key] for r in nn]))
         ax.axhline(ref, color="0.3", ls="--", label="minimum nuclear norm")

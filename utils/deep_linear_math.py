@@ -52,19 +52,22 @@ def observation_mask(n: int, observed: int, seed: int = 0, device: torch.device 
 
 
 def factor_scale(scale: float, depth: int, n: int) -> float:
-    """Standard deviation of every factor's entries for the *end-to-end* starting scale ``scale``.
+    """Standard deviation of every factor's entries for the starting scale ``scale`` of the *product*.
 
-    The paper's ``init_scale`` fixes the size of the product, not of the factors: each of the
-    ``depth`` factors (``n x n``) gets i.i.d. ``N(0, scale^(2/depth) / n)`` entries, so the product
-    ``W_N ... W_1`` has Frobenius norm about ``scale * sqrt(n)`` (entries of size ``scale / sqrt(n)``)
-    at every depth, and the starting scales of different depths are comparable.
+    As in the paper's code, ``scale`` fixes the size of the product, not of the factors: with the
+    paper's ground truth (Frobenius norm ``n``) the product starts with Frobenius norm about
+    ``scale * sqrt(n)``.  Our ground truth has unit Frobenius norm, so the same relative size is a
+    product of Frobenius norm ``scale / sqrt(n)``: each of the ``depth`` factors (``n x n``) gets
+    i.i.d. ``N(0, v)`` entries with ``n * (n v)^depth = scale^2 / n``, i.e.
+    ``v = (scale / n)^(2 / depth) / n``.  Starting scales of different depths are then comparable, and
+    a deep factor starts much larger than a shallow one.
 
     Raises:
         ValueError: if ``scale < 0``, ``depth < 1`` or ``n < 1``.
     """
     if scale < 0 or depth < 1 or n < 1:
         raise ValueError(f"need scale >= 0, depth >= 1 and n >= 1; got scale={scale}, depth={depth}, n={n}")
-    return float(scale) ** (1.0 / depth) / n ** 0.5
+    return (float(scale) / n) ** (1.0 / depth) / n ** 0.5
 
 
 def init_factors(depth: int, n: int, scale: float | Sequence[float], seeds: Sequence[int],

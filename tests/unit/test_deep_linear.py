@@ -208,6 +208,6 @@ def test_factor_scale_gives_the_end_to_end_scale(depth: int) -> None:
     n, scale = 60, 1e-4
     factors = init_factors(depth, n, dl_math.factor_scale(scale, depth, n), [0, 1, 2, 3])
     fro = torch.linalg.matrix_norm(end_to_end(factors))
-    assert 0.7 < float(fro.mean()) / (scale * n ** 0.5) < 1.3
+    assert 0.7 < float(fro.mean()) / (scale / n ** 0.5) < 1.3
     with pytest.raises(ValueError, match="scale"):
         dl_math.factor_scale(-1.0, depth, n)
