@@ -64,7 +64,8 @@ class Config:
 
     @classmethod
     def for_profile(cls, profile: str, smoke: bool = False) -> "Config":
-        """``quick``: m = 2000, three starting scales, three seeds (depth 4 at the default scale only).  ``full``: the paper's Figure 2 grid,
+        """``quick``: m = 2000, three starting scales, three seeds (depth 4 at the default scale only).
+        ``full``: the paper's Figure 2 grid,
         m in {2000, 5000}, six starting scales 1e-3 ... 1e-8 (depth 4 down to 1e-4), five seeds.
         ``paper``: every depth at every scale, ten seeds, smaller steps, long caps and a tighter solver
         (checkpointed per depth)."""
@@ -334,10 +335,10 @@ def plot_scale_sweep(results: dict, observed: int):
 
 
 def plot_trajectories(results: dict, scale: float, depths: Sequence[int] | None = None):
-    """Top ten singular values of the product against gradient-flow time (log-log), one panel per depth,
-    for the stored run at starting scale ``scale`` (top five blue, next five orange)."""
+    """Top ten singular values of the product against gradient-flow time (log-log), one panel per depth
+    run at starting scale ``scale`` (top five blue, next five orange)."""
     from matplotlib.figure import Figure
-    depths = list(depths or results["config"]["depths"])
+    depths = [d for d in (depths or results["config"]["depths"]) if scale_key(scale) in results["trajectories"][str(d)]]
     fig = Figure(figsize=(3.0 * len(depths), 3.3), layout="constrained")
     axes = fig.subplots(1, len(depths), squeeze=False)[0]
     for ax, d in zip(axes, depths):

@@ -119,7 +119,8 @@ def target_fits(B: torch.Tensor, tasks: SourceTasks, n_targets: Sequence[int], s
     """Target excess risk for each ``n2``: in the learned ``B``, on the target alone, in the true ``B*``."""
     rows, w_star = [], tasks.w_target
     for j, n2 in enumerate(n_targets):
-        X2, y2 = sample_target(w_star, int(n2), tasks.noise, [1_000_003 * (j + 1) + 7919 * salt + s for s in tasks.seeds])
+        seeds = [1_000_003 * (j + 1) + 7919 * salt + s for s in tasks.seeds]
+        X2, y2 = sample_target(w_star, int(n2), tasks.noise, seeds)
         risks = {"learned_representation": fit_in_representation(B, X2, y2), "target_only": fit_target_only(X2, y2),
                  "true_representation": fit_in_representation(tasks.B_true, X2, y2)}
         for method, w in risks.items():
