@@ -337,15 +337,16 @@ def plot_rate(results: dict):
     c = results["config"]
     fig, axes = subplots(1, 2, width=11.0, height=4.2)
     ax = axes[0, 0]
+    xs = []
     for i, (sweep, name) in enumerate((("n1", f"vary $n_1$ at $T = {c['fixed_tasks']}$"),
                                        ("T", f"vary $T$ at $n_1T = {c['pooled_samples']}$"))):
         s = rate_summary(results, sweep)
         x = np.array([r["predicted"] for r in s])
+        xs += list(x)
         ax.errorbar(x, [r["median"] for r in s], yerr=[[r["median"] - r["q25"] for r in s],
                                                        [r["q75"] - r["median"] for r in s]],
                     fmt="os"[i], color=PALETTE[i], label=name, capsize=2)
-    lo, hi = ax.get_xlim()
-    grid = np.geomspace(lo, hi, 20)
+    grid = np.geomspace(min(xs) / 1.5, max(xs) * 1.5, 20)
     ax.plot(grid, grid, "--", color="0.35", label="prediction $\\sigma^2k(d-k)/(n_1T)$")
     ax.set_xscale("log")
     ax.set_yscale("log")
