@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from utils.elasticity_math import init_two_layer, one_step_change  # noqa: E402
+from utils.elasticity_math import one_step_change  # noqa: E402
+from utils.two_layer import init_two_layer  # noqa: E402
 
 
 def copy_and_step(model: nn.Module, anchors: torch.Tensor, targets: torch.Tensor, probes: torch.Tensor,

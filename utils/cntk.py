@@ -23,10 +23,8 @@ of M over the diagonal p = p' (vanilla) or over all pixel pairs (GAP).  With cir
 GAP kernel equals the vanilla kernel averaged over all P cyclic translations of one input
 (:func:`translation_averaged`): pooling is data augmentation by translations, built into the kernel.
 
-This module also holds :class:`ConvNet` (the finite network above) and :func:`empirical_ntk`, the
-finite-width NTK of any ``torch.nn.Module`` by ``torch.func``, which refuses models whose kernel is
-not a per-example function (BatchNorm in training mode, active dropout) and computes in chunks
-under a memory budget.
+This module also holds :class:`ConvNet` (the finite network above); its finite-width NTK is
+:func:`utils.kernels.module_ntk` (the book's one ``torch.func`` empirical NTK).
 """
 from __future__ import annotations
 
@@ -36,7 +34,6 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.func import functional_call, jacrev, vmap
 
 PADDINGS = ("zeros", "circular")
 DEFAULT_MEMORY_BUDGET = 2**30          # bytes for the pair tensors of one block (1 GiB)
@@ -234,94 +231,6 @@ class ConvNet(nn.Module):
         if self.pooling == "gap":
             return g.mean((2, 3)) @ self.readout / math.sqrt(g.shape[1])
         return g.flatten(1) @ self.readout / math.sqrt(self.readout.shape[0])
-
-
-# ----------------------------------------------------------------------------- empirical NTK
-
-BATCH_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
-DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
-JACOBIAN_OVERHEAD = 4      # peak bytes per Jacobian entry, in units of one entry (measured ~4 for MLPs)
-
-
-def check_ntk_model(model: nn.Module) -> None:
-    """Raise ``ValueError`` unless ``model``'s output for one input depends on that input alone.
-
-    The NTK is a kernel between single inputs; ``torch.func`` evaluates the model one example at a time.
-    BatchNorm or dropout in training mode, and BatchNorm without running statistics, make the output of
-    an example depend on the batch (or on random masks).
-    """
-    for name, mod in model.named_modules():
-        label = f"{type(mod).__name__} ({name or 'the model'})"
-        if isinstance(mod, BATCH_DEPENDENT):
-            if mod.training:
-                raise ValueError(f"{label} is in training mode, where it normalises with batch statistics; "
-                                 "the NTK needs a per-example function: call model.eval() first")
-            if mod.running_mean is None:
-                raise ValueError(f"{label} has no running statistics (track_running_stats=False), so even in "
-                                 "eval mode it normalises with the statistics of the batch; build it with "
-                                 "track_running_stats=True and train or set its running mean and variance")
-        if isinstance(mod, DROPOUT) and mod.training and mod.p > 0:
-            raise ValueError(f"{label} is active (training mode, p = {mod.p}); the NTK of a random mask is not "
-                             "defined: call model.eval() first (no dropout)")
-
-
-def ntk_memory_bytes(model: nn.Module, chunk: int, outputs: int = 1) -> int:
-    """Estimated peak bytes of the Jacobians of ``chunk`` inputs: JACOBIAN_OVERHEAD x chunk x outputs x params."""
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    size = next(model.parameters()).element_size()
-    return JACOBIAN_OVERHEAD * chunk * outputs * params * size
-
-
-def empirical_ntk(model: nn.Module, X: torch.Tensor, Z: torch.Tensor | None = None,
-                  memory_budget: int = DEFAULT_MEMORY_BUDGET) -> torch.Tensor:
-    """The finite network's NTK, Theta(x, z) = sum_params df(x)/dtheta df(z)/dtheta^T, by ``torch.func``.
-
-    Args:
-        model: a module mapping (n, ...) inputs to (n,) or (n, O) outputs, evaluated per example.
-        X: (n, ...) inputs; Z: (k, ...) inputs or None (Z = X).
-        memory_budget: bytes the Jacobians of one chunk may take; inputs are processed in chunks of
-            ``memory_budget // ntk_memory_bytes(model, 1, O)`` examples (each chunk pair recomputes them).
-    Returns:
-        (n, k) for scalar outputs, (n, k, O, O) for O outputs.
-    Raises:
-        ValueError: a batch-dependent model (see :func:`check_ntk_model`), or a budget too small for the
-            Jacobian of a single input (the message gives the estimate).
-    """
-    check_ntk_model(model)
-    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
-    if not params:
-        raise ValueError("the model has no trainable parameters, so its NTK is zero")
-    with torch.no_grad():
-        probe = model(X[:1])
-    scalar = probe.dim() == 1
-    outputs = 1 if scalar else probe.shape[1]
-    per_input = ntk_memory_bytes(model, 1, outputs)
-    if per_input > memory_budget:
-        raise ValueError(f"the Jacobian of one input needs about {per_input / 2**20:.0f} MiB "
-                         f"({outputs} outputs x {sum(v.numel() for v in params.values()):,} parameters), more "
-                         f"than memory_budget = {memory_budget / 2**20:.0f} MiB; raise the budget")
-    chunk = max(1, int(memory_budget // (2 * per_input)))   # two chunks' Jacobians alive at once
-
-    def f_single(p: dict, x: torch.Tensor) -> torch.Tensor:
-        out = functional_call(model, p, (x[None],))
-        return out[0]
-
-    jac = vmap(jacrev(f_single), in_dims=(None, 0))
-
-    def jacobian(A: torch.Tensor) -> torch.Tensor:
-        J = jac(params, A)
-        return torch.cat([j.reshape(A.shape[0], outputs, -1) for j in J.values()], dim=2)   # (c, O, P)
-
-    Z_ = X if Z is None else Z
-    n, k = X.shape[0], Z_.shape[0]
-    out = torch.empty(n, k, outputs, outputs, dtype=probe.dtype, device=X.device)
-    for i in range(0, n, chunk):
-        Ji = jacobian(X[i:i + chunk])
-        for j in range(0, k, chunk):
-            Jj = Ji if (Z is None and i == j) else jacobian(Z_[j:j + chunk])
-            out[i:i + chunk, j:j + chunk] = torch.einsum("aop,bqp->aboq", Ji, Jj) if outputs > 1 else \
-                (Ji[:, 0] @ Jj[:, 0].T)[:, :, None, None]
-    return out[:, :, 0, 0] if scalar else out
 
 
 # ----------------------------------------------------------------------------- data and regression

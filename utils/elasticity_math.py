@@ -18,9 +18,9 @@ Two implementations of the one-step probe:
   gradient by ``vmap(grad)``, then the probes through ``vmap(functional_call)`` of the stepped
   weights); the model's own weights are never modified.
 
-The two-layer networks are stored as dictionaries of tensors with a leading *run* dimension
-``R`` (``W: (R, m, d)``, ``b: (R, m)``, ``a: (R, m, K)``, ``c: (R, K)``) so that several networks
-(the ReLU and linear controls, or six super-class problems) train side by side as one computation.
+The two-layer networks (dictionaries of tensors with a leading *run* dimension, so that the ReLU and linear
+controls, or six super-class problems, train side by side) live in :mod:`utils.two_layer`; the empirical NTK
+of any module is :func:`utils.kernels.empirical_ntk`.
 """
 from __future__ import annotations
 
@@ -32,145 +32,9 @@ import torch
 import torch.nn as nn
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
-from torch.func import functional_call, grad, jacrev, vmap
+from torch.func import functional_call, grad, vmap
 
-from .train import batch_indices, progress_bar
-
-Params = dict[str, torch.Tensor]
-
-
-# --------------------------------------------------------------------------------------------
-# Two-layer networks with a leading run dimension
-# --------------------------------------------------------------------------------------------
-def init_two_layer(runs: int, in_dim: int, width: int, out_dim: int = 1, seed: int = 0,
-                   dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                   parametrisation: str = "ntk", bias: bool = True) -> Params:
-    """``runs`` independent two-layer networks ``f(x) = a^T s(Wx + b) + c``.
-
-    ``parametrisation="ntk"``: ``W ~ N(0, 1/d)``, ``b ~ N(0, 1)``, ``a ~ N(0, 1/m)``, ``c = 0`` and per-layer
-    SGD step multipliers ``(1/d, 1, 1/m, 1)`` for ``(W, b, a, c)``: exactly SGD on the NTK parametrisation
-    ``a'^T s(W'x/sqrt(d) + b)/sqrt(m)`` with standard-normal ``W', a'``, so the tangent kernel stays O(1)
-    at any width. ``"standard"``: PyTorch's uniform ``nn.Linear`` initialisation and one step size for all.
-
-    ``bias=False`` fixes ``b = c = 0`` (their step multipliers are 0): the paper's ``f(x) = sum_r a_r s(w_r.x)``.
-
-    Returns:
-        ``{"W": (R, m, d), "b": (R, m), "a": (R, m, K), "c": (R, K), "lr_scale": (R, 4)}``
-        (``lr_scale`` is not trained).
-    """
-    if min(runs, in_dim, width, out_dim) < 1:
-        raise ValueError(f"runs, in_dim, width and out_dim must be positive, got {runs}, {in_dim}, {width}, {out_dim}")
-    g = torch.Generator().manual_seed(seed)
-    if parametrisation == "standard":
-        u = lambda shape, bound: ((torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * bound)
-        p = {"W": u((runs, width, in_dim), 1 / math.sqrt(in_dim)), "b": u((runs, width), 1 / math.sqrt(in_dim)),
-             "a": u((runs, width, out_dim), 1 / math.sqrt(width)), "c": u((runs, out_dim), 1 / math.sqrt(width)),
-             "lr_scale": torch.ones(runs, 4, dtype=torch.float64)}
-    elif parametrisation == "ntk":
-        n = lambda shape, std: torch.randn(shape, generator=g, dtype=torch.float64) * std
-        p = {"W": n((runs, width, in_dim), 1 / math.sqrt(in_dim)), "b": n((runs, width), 1.0),
-             "a": n((runs, width, out_dim), 1 / math.sqrt(width)), "c": torch.zeros(runs, out_dim, dtype=torch.float64),
-             "lr_scale": torch.tensor([1 / in_dim, 1.0, 1 / width, 1.0], dtype=torch.float64).repeat(runs, 1)}
-    else:
-        raise ValueError(f"parametrisation must be 'ntk' or 'standard', got {parametrisation!r}")
-    if not bias:
-        p["b"].zero_()
-        p["c"].zero_()
-        p["lr_scale"][:, [1, 3]] = 0.0
-    return {k: v.to(dtype=dtype, device=device) for k, v in p.items()}
-
-
-TRAINED = ("W", "b", "a", "c")
-
-
-def _lr_scale(params: Params) -> torch.Tensor:
-    """(R, 4) per-layer step multipliers for (W, b, a, c); ones when absent."""
-    if "lr_scale" in params:
-        return params["lr_scale"]
-    return torch.ones(params["W"].shape[0], 4, dtype=params["W"].dtype, device=params["W"].device)
-
-
-def _act(h: torch.Tensor, nonlinear: bool) -> torch.Tensor:
-    return torch.relu(h) if nonlinear else h
-
-
-def _act_grad(h: torch.Tensor, nonlinear: bool) -> torch.Tensor:
-    return (h > 0).to(h.dtype) if nonlinear else torch.ones_like(h)
-
-
-def _batched_inputs(params: Params, X: torch.Tensor) -> torch.Tensor:
-    """X: (N, d) shared by all runs or (R, N, d) -> (R, N, d) view."""
-    R, _, d = params["W"].shape
-    if X.dim() == 2:
-        X = X.unsqueeze(0).expand(R, -1, -1)
-    if X.dim() != 3 or X.shape[0] != R or X.shape[2] != d:
-        raise ValueError(f"inputs must be (N, {d}) or ({R}, N, {d}), got {tuple(X.shape)}")
-    return X
-
-
-def two_layer_hidden(params: Params, X: torch.Tensor) -> torch.Tensor:
-    """Pre-activations ``Wx + b``. X: (N, d) or (R, N, d) -> (R, N, m)."""
-    X = _batched_inputs(params, X).to(params["W"].dtype)
-    return torch.baddbmm(params["b"].unsqueeze(1), X, params["W"].transpose(1, 2))
-
-
-def two_layer_forward(params: Params, X: torch.Tensor, nonlinear: bool = True) -> torch.Tensor:
-    """Outputs ``a^T s(Wx + b) + c``. X: (N, d) or (R, N, d) -> (R, N, K)."""
-    H = _act(two_layer_hidden(params, X), nonlinear)
-    return torch.baddbmm(params["c"].unsqueeze(1), H, params["a"])
-
-
-def train_two_layer(params: Params, X: torch.Tensor, Y: torch.Tensor, epochs: int, lr: float,
-                    batch_size: int = 32, nonlinear: bool = True, seed: int = 0, progress: bool = True,
-                    callback: Callable[[int, Params], dict | None] | None = None) -> dict:
-    """Plain SGD on the squared loss ``0.5 ||f(x) - y||^2`` (batch mean), all runs side by side.
-
-    Args:
-        params: from :func:`init_two_layer` (not modified; a trained copy is returned).
-        X: (N, d) shared inputs or (R, N, d) per-run inputs; Y: (N, K) or (R, N, K) targets.
-        callback: ``callback(epoch, params)`` after every epoch (epoch 0 = before training);
-            returned dicts are collected in ``history["extra"]``.
-    Returns:
-        ``{"params": trained copy, "loss": [per-epoch mean loss per run], "extra": [...]}``.
-    """
-    X = _batched_inputs(params, X)
-    R, N, _ = X.shape
-    if Y.dim() == 2:
-        Y = Y.unsqueeze(0).expand(R, -1, -1)
-    if Y.shape[:2] != (R, N) or Y.shape[2] != params["a"].shape[2]:
-        raise ValueError(f"targets must be (N, K) or (R, N, K) matching inputs {tuple(X.shape)}, got {tuple(Y.shape)}")
-    p = {k: params[k].detach().clone().requires_grad_(True) for k in TRAINED}
-    scale = _lr_scale(params).to(p["W"].dtype)
-    X, Y = X.to(p["W"].dtype), Y.to(p["W"].dtype)
-    gen = torch.Generator().manual_seed(seed)
-    history: dict = {"loss": [], "extra": []}
-    if callback is not None:
-        with torch.no_grad():
-            history["extra"].append(callback(0, {**params, **{k: v.detach() for k, v in p.items()}}) or {})
-    for epoch in progress_bar(range(1, epochs + 1), desc="SGD epochs", enabled=progress):
-        total = torch.zeros(R, dtype=torch.float64, device=X.device)
-        for idx in batch_indices(N, batch_size, gen, device=X.device):
-            out = two_layer_forward(p, X[:, idx], nonlinear)
-            per_run = 0.5 * ((out - Y[:, idx]) ** 2).sum(-1).mean(-1)  # (R,)
-            grads = torch.autograd.grad(per_run.sum(), list(p.values()))
-            with torch.no_grad():
-                for j, (v, g_) in enumerate(zip(p.values(), grads)):
-                    v.sub_(lr * scale[:, j].view(-1, *([1] * (v.dim() - 1))) * g_)
-            total += per_run.detach().to(torch.float64) * len(idx)
-        loss = (total / N).tolist()
-        if not all(math.isfinite(v) for v in loss):
-            raise FloatingPointError(f"non-finite loss at epoch {epoch}; lower the learning rate")
-        history["loss"].append(loss)
-        if callback is not None:
-            with torch.no_grad():
-                history["extra"].append(callback(epoch, {**params, **{k: v.detach() for k, v in p.items()}}) or {})
-    history["params"] = {**params, **{k: v.detach() for k, v in p.items()}}
-    return history
-
-
-def select_run(params: Params, run: int) -> Params:
-    """The parameters of one run, keeping a run dimension of size 1."""
-    return {k: v[run:run + 1] for k, v in params.items()}
+from .two_layer import TRAINED, Params, _act, _act_grad, _lr_scale, two_layer_residuals
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,64 +212,6 @@ def kernelised_similarity(delta_probe: torch.Tensor, residual: torch.Tensor, lr:
     if (rr == 0).any():
         raise ValueError("zero residual at some anchor: the kernelised form is undefined there")
     return -torch.einsum("apk,ak->ap", delta_probe, residual) / (lr * rr[:, None])
-
-
-def two_layer_residuals(params: Params, X: torch.Tensor, Y: torch.Tensor, nonlinear: bool = True,
-                        dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """``f(x) - y`` for one network. X: (N, d), Y: (N, K) -> (N, K)."""
-    p = {k: params[k].to(dtype) for k in TRAINED}
-    return two_layer_forward(p, X.to(dtype), nonlinear)[0] - Y.to(dtype)
-
-
-@torch.no_grad()
-def two_layer_ntk(params: Params, X1: torch.Tensor, X2: torch.Tensor, nonlinear: bool = True,
-                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Closed-form empirical NTK of the first output of every run of a two-layer network.
-
-    ``Theta(x, x') = lc + la s(h).s(h') + sum_j a_j^2 s'(h_j) s'(h'_j) (lw x.x' + lb)`` with the per-layer
-    step multipliers ``(lw, lb, la, lc)``; it is the kernel of the one-step change, see :func:`one_step_change`.
-
-    Returns:
-        (R, N1, N2).
-    """
-    p = {k: params[k].to(dtype) for k in TRAINED}
-    lam = _lr_scale(params).to(dtype)
-    lw, lb, la, lc = (lam[:, j, None, None] for j in range(4))
-    H1, H2 = two_layer_hidden(p, X1.to(dtype)), two_layer_hidden(p, X2.to(dtype))
-    a2 = p["a"][..., 0] ** 2  # (R, m)
-    X1b, X2b = _batched_inputs(p, X1.to(dtype)), _batched_inputs(p, X2.to(dtype))
-    gram = lw * torch.bmm(X1b, X2b.transpose(1, 2)) + lb
-    first = la * torch.bmm(_act(H1, nonlinear), _act(H2, nonlinear).transpose(1, 2)) + lc
-    second = torch.bmm(_act_grad(H1, nonlinear) * a2[:, None], _act_grad(H2, nonlinear).transpose(1, 2))
-    return first + second * gram
-
-
-def empirical_ntk(model: nn.Module, X1: torch.Tensor, X2: torch.Tensor, chunk_size: int = 256) -> torch.Tensor:
-    """Empirical NTK ``sum_k <grad_w f_k(x), grad_w f_k(x')>`` of any module, with ``torch.func``.
-
-    Per-example Jacobians come from ``vmap(jacrev(functional_call))``; the kernel is their
-    contraction over parameters and outputs (the trace of the K x K NTK block).
-
-    Args:
-        X1: (N1, ...), X2: (N2, ...) inputs.
-    Returns:
-        (N1, N2) kernel matrix.
-    """
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
-
-    def f_single(p: Params, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(model, (p, buffers), (x[None],))[0]
-
-    def jac(X: torch.Tensor) -> torch.Tensor:
-        parts = []
-        for s in range(0, X.shape[0], chunk_size):
-            J = vmap(jacrev(f_single), in_dims=(None, 0))(params, X[s:s + chunk_size])
-            parts.append(torch.cat([j.flatten(2) for j in J.values()], dim=2))  # (n, K, P)
-        return torch.cat(parts)
-
-    J1, J2 = jac(X1), jac(X2)
-    return torch.einsum("akp,bkp->ab", J1, J2)
 
 
 def symmetrise(S: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 stability bound (Deng, He & Su, ICML 2021).
 
 The mathematics (two-layer networks, the fused one-step probe, tangent kernels, the manifolds) lives in
-:mod:`utils.elasticity_math`, the SDE in :mod:`utils.elastic_sde`, stability in :mod:`utils.elastic_stability`,
+:mod:`utils.elasticity_math` and :mod:`utils.two_layer`, the SDE in :mod:`utils.elastic_sde`, stability in :mod:`utils.elastic_stability`,
 clustering in :mod:`utils.clustering`. This module runs the chapter's experiments:
 
 1. ``synthetic``: S_rel against geodesic distance on the paper's two interleaved rippled curves, ReLU vs linear,
@@ -27,16 +27,18 @@ from . import clustering as cl
 from . import elastic_sde
 from . import elastic_stability as stab
 from .claims import Claim
-from .elasticity_math import (PROBE_MEMORY_BYTES, Params, TRAINED, angular_distances, donut_data,  # noqa: F401
-                              empirical_ntk, folded_boxes_data, init_two_layer, kernelised_similarity,
+from .elasticity_math import (PROBE_MEMORY_BYTES, angular_distances, donut_data,  # noqa: F401
+                              folded_boxes_data, kernelised_similarity,
                               one_step_change, one_step_change_module, one_step_change_reference, relative_similarity,
-                              select_run, similarity_matrix, symmetrise, torus_data, train_two_layer,
-                              two_layer_forward, two_layer_hidden, two_layer_ntk, two_layer_residuals,
+                              similarity_matrix, symmetrise, torus_data,
                               graph_geodesic_distances, flat_geodesic_distances)
 from .experiment import JsonResult, check_profile, mlp_memory_bytes
+from .kernels import module_ntk  # noqa: F401
 from .metrics import pearson
 from .profiles import torch_threads
 from .train import progress_bar
+from .two_layer import (TRAINED, Params, init_two_layer, select_run, train_two_layer,  # noqa: F401
+                        two_layer_forward, two_layer_hidden, two_layer_ntk, two_layer_residuals)
 
 EXPERIMENT = "local_elasticity"
 FASHION_NAMES = ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")

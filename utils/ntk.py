@@ -11,8 +11,9 @@ Three threads, each measured the way its paper measures it:
 * architecture (Arora et al., NeurIPS 2019; Li et al., 2019): the exact CNTK with and without global
   average pooling (GAP) on centred and on randomly shifted Fashion-MNIST images, by kernel regression.
 
-The pure mathematics lives in :mod:`utils.ntk_kernels` (two-layer kernel, trajectory, trainer) and
-:mod:`utils.cntk` (convolutional kernel, empirical NTK); this module holds ``Config``, ``Result``,
+The pure mathematics lives in :mod:`utils.ntk_kernels` (infinite-width kernel, trajectory, trainer),
+:mod:`utils.two_layer` (the finite network and its exact kernel), :mod:`utils.cntk` (convolutional kernel)
+and :mod:`utils.kernels` (the empirical NTK of any model); this module holds ``Config``, ``Result``,
 ``run``, ``CLAIMS`` and the ``plot_*`` functions.
 """
 from __future__ import annotations
@@ -31,13 +32,14 @@ from .checkpoint import Checkpoint
 from .claims import Claim
 from .data import load_dataset
 from .experiment import GiB, JsonResult, check_profile
+from .kernels import module_ntk
 from .ntk_kernels import (check_unit_norm, complexity_measure, corrupt_labels, fit_power_law,  # noqa: F401
-                          h_infinity, init_two_layer, kernel_eig, kernel_loss_curve, kernel_prediction,
-                          kernel_test_prediction, label_projections, ntk_from_gradient, random_labels,
-                          steps_to_fraction, train_widths, two_class_data, two_layer_empirical_ntk,
-                          two_layer_forward, unit_rows)
+                          h_infinity, kernel_eig, kernel_loss_curve, kernel_prediction,
+                          kernel_test_prediction, label_projections, random_labels,
+                          steps_to_fraction, train_widths, two_class_data, unit_rows)
 from .plotting import PALETTE, gram_heatmap, label, subplots
 from .profiles import torch_threads
+from .two_layer import init_two_layer, two_layer_forward, two_layer_ntk  # noqa: F401
 
 EXPERIMENT = "ntk"
 LABEL_SETS = ("true", "random")
@@ -212,7 +214,8 @@ def _two_layer(cfg: Config, device: torch.device, progress: bool, ck: Checkpoint
     pick = torch.cat([torch.arange(cfg.probe_points // 2), half + torch.arange(cfg.probe_points // 2)])
     Xs = data["X"][pick].double()
     H_small = h_infinity(Xs)
-    err = [[float((ntk_from_gradient(*init_two_layer(m, Xs.shape[1], cfg.kappa, s, device, torch.float64), Xs)
+    err = [[float((two_layer_ntk(init_two_layer(1, Xs.shape[1], m, 1, seed=s, dtype=torch.float64, device=device,
+                                                parametrisation="du", kappa=cfg.kappa), Xs, Xs)[0]
                    - H_small).norm() / H_small.norm()) for s in range(3)] for m in cfg.probe_widths]
     slope, intercept = fit_power_law(cfg.probe_widths, np.mean(err, 1))
     out["init_kernel"] = {"widths": list(cfg.probe_widths), "error": err, "slope": slope, "intercept": intercept,
@@ -369,7 +372,7 @@ def _cntk(cfg: Config, device: torch.device, progress: bool, ck: Checkpoint | No
     exact = dict(zip(("none", "gap"), cntk_lib.cntk_pairs(small, small, cfg.cntk_depth, "zeros")))
     finite = {}
     for pool in ("none", "gap"):
-        finite[pool] = [float(np.mean([float((cntk_lib.empirical_ntk(
+        finite[pool] = [float(np.mean([float((module_ntk(
             cntk_lib.ConvNet(1, (6, 6), c, cfg.cntk_depth, pool, seed=s).double().to(device), small)
             - exact[pool]).norm()
             / exact[pool].norm()) for s in range(cfg.cntk_probe_seeds)])) for c in cfg.cntk_probe_channels]

@@ -10,10 +10,11 @@ W only.  For unit-norm inputs its neural tangent kernel converges, as m grows, t
     H^inf_ij = x_i^T x_j (pi - arccos x_i^T x_j) / (2 pi),
 
 and the training outputs follow u(t) = y + (I - eta H^inf)^t (u(0) - y), which is
-(I - (I - eta H^inf)^t) y when u(0) = 0.  This module holds the closed form, the finite network's
-kernel (by ``torch.func`` and by the closed form of its gradient), the kernel trajectory, the
+(I - (I - eta H^inf)^t) y when u(0) = 0.  This module holds the closed form, the kernel trajectory, the
 complexity measure sqrt(2 y^T (H^inf)^{-1} y / n) of Arora et al.'s generalisation bound, label
 corruption, and a batched trainer that runs many widths and label vectors as one computation.
+The finite network is :func:`utils.two_layer.init_two_layer` with ``parametrisation="du"`` (its exact kernel
+is :func:`utils.two_layer.two_layer_ntk`, its ``torch.func`` kernel :func:`utils.kernels.empirical_ntk`).
 The chapter's experiment is :mod:`utils.ntk`; the convolutional kernel is :mod:`utils.cntk`.
 """
 from __future__ import annotations
@@ -23,11 +24,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.func import jacrev, vmap
-
 from .data import load_dataset
 from .metrics import within_between_trace
 from .train import progress_bar
+from .two_layer import init_two_layer
 
 UNIT_NORM_TOL = 1e-4
 
@@ -67,51 +67,6 @@ def h_infinity(X: torch.Tensor, Z: torch.Tensor | None = None) -> torch.Tensor:
     check_unit_norm(Z)
     G = (X.double() @ Z.double().T).clamp(-1.0, 1.0)
     return G * (math.pi - torch.arccos(G)) / (2 * math.pi)
-
-
-def init_two_layer(width: int, dim: int, kappa: float = 1.0, seed: int = 0,
-                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random initialisation: ``W: (m, d)`` with entries N(0, kappa^2), signs ``a: (m,)`` uniform in {-1, +1}."""
-    _check_width(width)
-    if kappa <= 0:
-        raise ValueError(f"kappa (the scale of the first-layer weights) must be positive, got {kappa}")
-    if dim < 1:
-        raise ValueError(f"input dimension must be positive, got {dim}")
-    g = torch.Generator().manual_seed(seed)
-    W = kappa * torch.randn(width, dim, generator=g, dtype=torch.float64)
-    a = torch.where(torch.rand(width, generator=g) < 0.5, -1.0, 1.0).double()
-    return W.to(device=device, dtype=dtype), a.to(device=device, dtype=dtype)
-
-
-def two_layer_forward(W: torch.Tensor, a: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-    """Outputs f(x_i) = m^{-1/2} sum_r a_r ReLU(w_r^T x_i).  W: (m, d), a: (m,), X: (n, d) -> (n,)."""
-    return torch.relu(X @ W.T) @ a / math.sqrt(W.shape[0])
-
-
-def two_layer_empirical_ntk(W: torch.Tensor, a: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-    """The finite network's NTK w.r.t. W by ``torch.func``: J J^T with J_i = df(x_i)/dW.
-
-    Args:
-        W: (m, d), a: (m,), X: (n, d).   Memory O(n m d): meant for small n m d.
-    Returns:
-        (n, n) kernel.
-    """
-    def f_single(W_: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return two_layer_forward(W_, a, x[None])[0]
-
-    J = vmap(jacrev(f_single), in_dims=(None, 0))(W, X).reshape(X.shape[0], -1)
-    return J @ J.T
-
-
-def ntk_from_gradient(W: torch.Tensor, a: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-    """The same kernel from the closed-form gradient df(x)/dw_r = m^{-1/2} a_r 1{w_r^T x > 0} x.
-
-    H(W)_ij = x_i^T x_j * (1/m) sum_r a_r^2 1{w_r^T x_i > 0} 1{w_r^T x_j > 0}.
-    W: (m, d), a: (m,), X: (n, d) -> (n, n).
-    """
-    M = (X @ W.T > 0).to(X.dtype) * a.abs()
-    return (X @ X.T) * (M @ M.T) / W.shape[0]
 
 
 # ----------------------------------------------------------------------------- kernel predictions
@@ -341,9 +296,11 @@ def train_widths(X: torch.Tensor, Y: torch.Tensor, widths: Sequence[int], steps:
     nets = []
     for l in range(L):
         for k, m in enumerate(widths):
-            W, a = init_two_layer(m, X.shape[1], kappa, seed + k, device, dtype)
+            p = init_two_layer(1, X.shape[1], m, 1, seed=seed + k, dtype=dtype, device=device,
+                               parametrisation="du", kappa=kappa)
+            W = p["W"][0]
             P = X @ W.T
-            nets.append({"W": W, "W0": W.clone(), "coef": (a / math.sqrt(m))[:, None], "y": Y[l], "m": m,
+            nets.append({"W": W, "W0": W.clone(), "coef": p["a"][0], "y": Y[l], "m": m,
                          "P": P, "M": torch.empty_like(P), "M0": P > 0, "grad": torch.empty_like(W)})
     G = len(nets)
     if classes is not None:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from utils import cntk
+from utils import cntk, kernels
 
 
 def images(n: int, c: int = 1, s: int = 5, seed: int = 0) -> torch.Tensor:
@@ -54,7 +54,7 @@ def test_wide_convnet_ntk_converges_to_the_exact_cntk(pooling):
     exact = cntk.cntk_pairs(X, X, depth=2)[0 if pooling == "none" else 1]
     errors = []
     for channels in (4, 128):
-        errs = [float((cntk.empirical_ntk(cntk.ConvNet(2, (4, 4), channels, 2, pooling, seed=s).double(), X)
+        errs = [float((kernels.module_ntk(cntk.ConvNet(2, (4, 4), channels, 2, pooling, seed=s).double(), X)
                        - exact).norm() / exact.norm()) for s in range(3)]
         errors.append(sum(errs) / 3)
     assert errors[1] < errors[0] / 2.5          # 32x the channels: about 5.7x smaller at rate C^-1/2
@@ -84,15 +84,15 @@ def test_empirical_ntk_of_a_linear_model_is_the_gram_matrix_plus_one():
     lin = torch.nn.Linear(4, 1).double()
     model = torch.nn.Sequential(lin, torch.nn.Flatten(0))
     X = images(5, c=1, s=2, seed=5).reshape(5, 4)
-    assert torch.allclose(cntk.empirical_ntk(model, X), X @ X.T + 1, atol=1e-12)
+    assert torch.allclose(kernels.module_ntk(model, X), X @ X.T + 1, atol=1e-12)
 
 
 def test_empirical_ntk_chunks_give_the_same_kernel_and_multi_output_shape():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).double()
     X = torch.randn(6, 3, dtype=torch.float64)
-    whole = cntk.empirical_ntk(model, X)
-    chunked = cntk.empirical_ntk(model, X, memory_budget=2 * cntk.ntk_memory_bytes(model, 1, 2))   # one per chunk
+    whole = kernels.module_ntk(model, X)
+    chunked = kernels.module_ntk(model, X, memory_budget=2 * kernels.ntk_memory_bytes(model, 1, 2))   # one per chunk
     assert whole.shape == (6, 6, 2, 2)
     assert torch.allclose(whole, chunked, atol=1e-12)
 
@@ -103,19 +103,19 @@ def test_empirical_ntk_refuses_batch_dependent_models_with_a_clear_message():
                                    torch.nn.Dropout(0.1), torch.nn.Linear(8, 1), torch.nn.Flatten(0))
     X = torch.randn(4, 3)
     with pytest.raises(ValueError, match="eval"):
-        cntk.empirical_ntk(net().train(), X)
+        kernels.module_ntk(net().train(), X)
     with pytest.raises(ValueError, match="running statistics"):
-        cntk.empirical_ntk(net(track_running_stats=False).eval(), X)
+        kernels.module_ntk(net(track_running_stats=False).eval(), X)
     dropout_only = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
     with pytest.raises(ValueError, match="dropout"):
-        cntk.empirical_ntk(dropout_only.train(), X)
-    assert cntk.empirical_ntk(net().eval(), X).shape == (4, 4)          # eval mode with running stats works
+        kernels.module_ntk(dropout_only.train(), X)
+    assert kernels.module_ntk(net().eval(), X).shape == (4, 4)          # eval mode with running stats works
 
 
 def test_empirical_ntk_refuses_a_budget_below_one_jacobian_with_the_estimate():
     model = torch.nn.Linear(1000, 10)
     with pytest.raises(ValueError, match=r"MiB.*10 outputs x 10,010 parameters"):
-        cntk.empirical_ntk(model, torch.randn(2, 1000), memory_budget=2**10)
+        kernels.module_ntk(model, torch.randn(2, 1000), memory_budget=2**10)
 
 
 def test_place_in_frame_and_bad_arguments():

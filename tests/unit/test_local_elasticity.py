@@ -55,7 +55,7 @@ def test_ntk_matches_finite_differences_and_closed_form():
     p = le.init_two_layer(1, 3, 16, 1, seed=0, dtype=torch.float64, parametrisation="standard")
     model = _two_layer_module(p, True)
     X = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-    ntk = le.empirical_ntk(model, X, X)
+    ntk = le.module_ntk(nn.Sequential(model, nn.Flatten(0)), X, X)
     torch.testing.assert_close(ntk, le.two_layer_ntk(p, X, X)[0])
     # finite differences: gradient of f(x_i) by central differences in every parameter
     flat = torch.nn.utils.parameters_to_vector(model.parameters()).detach()

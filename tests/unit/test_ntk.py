@@ -1,4 +1,4 @@
-"""Tests for utils.ntk_kernels (closed-form kernel, trainer, kernel trajectory, label corruption) and the
+"""Tests for utils.ntk_kernels and utils.two_layer (closed-form kernel, trainer, kernel trajectory, label corruption) and the
 chapter module utils.ntk (profiles, claims)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from utils import claims, ntk
+from utils import claims, kernels, ntk, two_layer
 from utils import ntk_kernels as nk
 
 
@@ -16,11 +16,21 @@ def unit_inputs(n: int, d: int, seed: int = 0) -> torch.Tensor:
     return ntk.unit_rows(torch.randn(n, d, generator=g, dtype=torch.float64))
 
 
+def _du(width: int, dim: int, kappa: float = 1.0, seed: int = 0, dtype=torch.float64) -> dict:
+    """Du et al.'s network, one run: W (1, m, d), a (1, m, 1) = +-1/sqrt(m)."""
+    return two_layer.init_two_layer(1, dim, width, 1, seed=seed, dtype=dtype, parametrisation="du", kappa=kappa)
+
+
+def _ntk_by_torch_func(p: dict, X: torch.Tensor) -> torch.Tensor:
+    """The NTK with respect to W (the trained layer) by utils.kernels.empirical_ntk in the f(params, x) shape."""
+    f = lambda q, x: two_layer.two_layer_forward({**p, **q}, x)[0, :, 0]
+    return kernels.empirical_ntk(f, {"W": p["W"]}, X)
+
+
 def test_h_infinity_is_the_large_width_average_of_the_empirical_ntk():
     X = unit_inputs(8, 6)
     H_inf = ntk.h_infinity(X)
-    draws = [ntk.two_layer_empirical_ntk(*ntk.init_two_layer(20000, 6, kappa=0.5, seed=s, dtype=torch.float64), X)
-             for s in range(5)]
+    draws = [_ntk_by_torch_func(_du(20000, 6, kappa=0.5, seed=s), X) for s in range(5)]
     H_mc = torch.stack(draws).mean(0)
     assert (H_mc - H_inf).abs().max() < 1e-2
     assert torch.allclose(torch.diagonal(H_inf), torch.full((8,), 0.5, dtype=torch.float64))
@@ -35,12 +45,13 @@ def test_h_infinity_is_positive_definite_on_distinct_unit_inputs():
 
 def test_torch_func_ntk_equals_hand_written_gradient_outer_product():
     X = unit_inputs(5, 4, seed=2)
-    W, a = ntk.init_two_layer(7, 4, kappa=1.0, seed=3, dtype=torch.float64)
-    m = W.shape[0]
-    J = torch.stack([(a * (W @ x > 0))[:, None] * x[None, :] / math.sqrt(m) for x in X]).reshape(5, -1)
+    p = _du(7, 4, kappa=1.0, seed=3)
+    W, a = p["W"][0], p["a"][0, :, 0]
+    assert torch.allclose(a.abs(), torch.full((7,), 1 / math.sqrt(7), dtype=torch.float64))
+    J = torch.stack([(a * (W @ x > 0))[:, None] * x[None, :] for x in X]).reshape(5, -1)
     by_hand = J @ J.T
-    assert torch.allclose(ntk.two_layer_empirical_ntk(W, a, X), by_hand, atol=1e-12)
-    assert torch.allclose(ntk.ntk_from_gradient(W, a, X), by_hand, atol=1e-12)
+    assert torch.allclose(_ntk_by_torch_func(p, X), by_hand, atol=1e-12)
+    assert torch.allclose(two_layer.two_layer_ntk(p, X, X)[0], by_hand, atol=1e-12)
 
 
 def test_kernel_prediction_starts_at_the_initial_outputs_and_follows_the_linear_recursion():
@@ -86,12 +97,13 @@ def test_closed_form_gradient_descent_matches_autograd():
     eta, widths = 0.05, (3, 40)
     out = ntk.train_widths(X, y[None], widths, steps=2, eta=eta, kappa=1.0, seed=0, X_test=X, kernel_points=12)
     for k, m in enumerate(widths):
-        W, a = ntk.init_two_layer(m, 5, 1.0, seed=k)
+        p = _du(m, 5, 1.0, seed=k, dtype=torch.float32)
+        W, forward = p["W"], (lambda W_: two_layer.two_layer_forward({**p, "W": W_}, X)[0, :, 0])
         W0 = W.clone()
         losses = []
         for _ in range(3):
             W.requires_grad_(True)
-            loss = 0.5 * ((ntk.two_layer_forward(W, a, X) - y) ** 2).sum()
+            loss = 0.5 * ((forward(W) - y) ** 2).sum()
             losses.append(float(loss.detach()))
             (grad,) = torch.autograd.grad(loss, W)
             W = (W - eta * grad).detach()
@@ -99,7 +111,7 @@ def test_closed_form_gradient_descent_matches_autograd():
         W2 = W + eta * grad                                   # undo the third step: W after two steps
         rwc = float((W2 - W0).norm() / W0.norm())
         assert out["relative_weight_change"][k] == pytest.approx(rwc, rel=1e-4)
-        assert torch.allclose(out["f_test"][k].float(), ntk.two_layer_forward(W2, a, X), atol=1e-5)
+        assert torch.allclose(out["f_test"][k].float(), forward(W2), atol=1e-5)
 
 
 def test_relative_weight_change_falls_like_inverse_square_root_of_width():
@@ -126,7 +138,9 @@ def test_random_labels_are_balanced_within_each_class_and_seeded():
 def test_bad_inputs_raise():
     X = unit_inputs(4, 3)
     with pytest.raises(ValueError, match="width"):
-        ntk.init_two_layer(0, 3)
+        two_layer.init_two_layer(1, 3, 0, parametrisation="du")
+    with pytest.raises(ValueError, match="kappa"):
+        two_layer.init_two_layer(1, 3, 5, parametrisation="du", kappa=0.0)
     with pytest.raises(ValueError, match="width"):
         ntk.train_widths(X, torch.ones(1, 4), [0], steps=1, eta=0.1)
     with pytest.raises(ValueError, match="unit-norm"):
