@@ -33,6 +33,7 @@ from .claims import Claim
 from .experiment import JsonResult, check_profile, mlp_memory_bytes
 from .imbalance import imbalanced_indices, oversampling_repeats
 from .lpm import PAPER_BUDGETS, check_budgets, cvxpy_solve
+from .models import BatchedMLP
 from .metrics import class_means, cosine_matrix, mean_off_diagonal
 from .profiles import torch_threads
 
@@ -318,39 +319,16 @@ def collapse_threshold(num_classes: int = 10, num_majority: int = 5, E_W: float 
 
 # --------------------------------------------------------------------------- training: batched MLPs (quick)
 
-class BatchedMLP(torch.nn.Module):
-    """``runs`` independent ReLU MLPs ``d -> width -> ... -> K`` evaluated as one batched computation.
+def batched_mlp(runs: int, in_dim: int, width: int, depth: int, num_classes: int, seed: int = 0) -> BatchedMLP:
+    """``runs`` independent ReLU MLPs ``d -> width (x depth) -> K`` as one :class:`utils.models.BatchedMLP`.
 
-    Parameters carry a leading run dimension, so one optimiser step updates every run and the
-    runs stay independent (their losses are summed; no parameter is shared).  The classifier has
-    no bias, as in the LPM.
+    He-uniform hidden layers with zero biases, a PyTorch-style classifier without bias (as in the LPM),
+    no BatchNorm; run ``r`` is drawn from a generator seeded with ``seed + r``.
     """
-
-    def __init__(self, runs: int, in_dim: int, width: int, depth: int, num_classes: int, seed: int = 0):
-        super().__init__()
-        if min(runs, in_dim, width, depth, num_classes) < 1:
-            raise ValueError(f"need positive runs, in_dim, width, depth, num_classes; got "
-                             f"{runs}, {in_dim}, {width}, {depth}, {num_classes}")
-        g = torch.Generator().manual_seed(seed)
-        dims = [in_dim] + [width] * depth
-        self.weights = torch.nn.ParameterList()
-        self.biases = torch.nn.ParameterList()
-        for d_in, d_out in zip(dims[:-1], dims[1:]):
-            bound = math.sqrt(6.0 / d_in)  # He-uniform
-            self.weights.append(torch.nn.Parameter((torch.rand(runs, d_in, d_out, generator=g) * 2 - 1) * bound))
-            self.biases.append(torch.nn.Parameter(torch.zeros(runs, 1, d_out)))
-        bound = 1.0 / math.sqrt(width)
-        self.classifier = torch.nn.Parameter((torch.rand(runs, width, num_classes, generator=g) * 2 - 1) * bound)
-
-    def penultimate(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (runs, B, d) inputs -> (runs, B, width) features."""
-        for W, b in zip(self.weights, self.biases):
-            x = torch.relu(torch.baddbmm(b, x, W))
-        return x
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (runs, B, d) inputs -> (runs, B, K) logits."""
-        return torch.bmm(self.penultimate(x), self.classifier)
+    if depth < 1:
+        raise ValueError(f"depth (hidden layers) must be at least 1, got {depth}")
+    return BatchedMLP(runs, in_dim, width, depth - 1, num_classes, batchnorm=False, init="he_hidden",
+                      classifier_bias=False, seeds=[seed + r for r in range(runs)])
 
 
 class PooledRuns(torch.nn.Module):
@@ -431,17 +409,17 @@ def train_imbalanced_batched(specs: Sequence[RunSpec], X: torch.Tensor, y: torch
     table = run_table(pools, seed).to(device)
     epochs = max(1, round(steps * batch_size / table.shape[0]))
     with torch_threads(1, device):  # small batched matrices: one thread is faster
-        net = BatchedMLP(len(specs), X.shape[1], width, depth, K, seed=seed).to(device)
+        net = batched_mlp(len(specs), X.shape[1], width, depth, K, seed=seed).to(device)
         fit(PooledRuns(net, X), table, y[table], epochs, optimizer="momentum", lr=lr, weight_decay=weight_decay,
             milestones=[epochs // 3, 2 * epochs // 3], batch_size=batch_size, seed=seed, progress=progress,
             loss_fn=batched_cross_entropy, desc="batched training")
         rows = []
         with torch.no_grad():
-            test_pred = net(X_test.expand(len(specs), *X_test.shape)).argmax(-1)
-            H_all = net.penultimate(X.expand(len(specs), *X.shape))  # (runs, N, width)
+            test_pred = net(X_test).argmax(-1)
+            H_all = net.penultimate(X)  # (runs, N, width)
             for r, (s, idx) in enumerate(zip(specs, subsets)):
                 idx = idx.to(device)
-                H, W = H_all[r, idx], net.classifier[r].T
+                H, W = H_all[r, idx], net.weights[-1][r].T
                 rows.append(_row(s, W, H, y[idx], test_pred[r], y_test, num_majority, K))
     return rows
 

@@ -85,7 +85,7 @@ class FeatureMLP(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # R networks of one architecture as one computation
 # ---------------------------------------------------------------------------------------------
-INIT_SCHEMES = ("torch", "he")
+INIT_SCHEMES = ("torch", "he", "he_hidden")
 
 
 class BatchedMLP(nn.Module):
@@ -107,7 +107,9 @@ class BatchedMLP(nn.Module):
       model ``r`` gets *exactly* the parameters of ``FeatureMLP(...)`` built after
       ``torch.manual_seed(seeds[r])`` (the equivalence test relies on it).
     * ``init="he"``: He-uniform weights ``U(-sqrt(6/fan_in), sqrt(6/fan_in))`` and zero biases
-      (the minority-collapse protocol), drawn from a generator seeded with ``seeds[r]``.
+      (the equi-separation no-BatchNorm control), drawn from a generator seeded with ``seeds[r]``.
+    * ``init="he_hidden"``: the same for the hidden layers, but the classifier drawn as PyTorch does,
+      ``U(-1/sqrt(width), 1/sqrt(width))`` (the minority-collapse chapter).
     * ``classifier_bias=False``: a classifier without bias (``W h``), as in minority collapse.
     * ``batchnorm=False`` / ``nonlinear=False``: the no-BatchNorm and linear controls.
 
@@ -166,8 +168,9 @@ class BatchedMLP(nn.Module):
                 self.load_model_(r, ref)
             else:
                 g = torch.Generator().manual_seed(seed)
-                for W in self.weights:
-                    bound = math.sqrt(6.0 / W.shape[1])
+                for j, W in enumerate(self.weights):
+                    last = j == len(self.weights) - 1
+                    bound = 1.0 / math.sqrt(W.shape[1]) if (init == "he_hidden" and last) else math.sqrt(6.0 / W.shape[1])
                     W[r].copy_(torch.rand(W.shape[1:], generator=g) * 2 * bound - bound)
                 for b in self.biases:
                     b[r].zero_()
@@ -257,6 +260,11 @@ class BatchedMLP(nn.Module):
         batch statistics in training mode and running statistics in eval mode)."""
         h, _ = self._blocks(x, self.training, keep=False)
         return self.classify(h)
+
+    def penultimate(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, ...) shared or (R, N, ...) per-model inputs -> (R, N, w) features feeding the classifier
+        (BatchNorm as in :meth:`forward`)."""
+        return self._blocks(x, self.training, keep=False)[0]
 
     @torch.no_grad()
     def features(self, x: torch.Tensor, bn: str = "running", chunk_size: int = 8192) -> list[torch.Tensor]:

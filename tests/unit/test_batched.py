@@ -81,6 +81,15 @@ def test_he_init_and_no_classifier_bias():
     assert m(torch.randn(7, 50)).shape == (2, 7, 4)
 
 
+def test_he_hidden_init_draws_the_classifier_like_pytorch_and_penultimate_feeds_it():
+    m = BatchedMLP(2, 50, 40, 1, 4, init="he_hidden", classifier_bias=False, batchnorm=False, seeds=[0, 1])
+    hidden, classifier = m.weights[1], m.weights[-1]
+    assert hidden.abs().max() > 0.9 * (6 / 40) ** 0.5                       # He-uniform hidden layer
+    assert classifier.abs().max() <= 40 ** -0.5 < 0.5 * (6 / 40) ** 0.5    # U(+-1/sqrt(width)) classifier
+    x = torch.randn(7, 50)
+    torch.testing.assert_close(m(x), torch.bmm(m.penultimate(x), classifier))
+
+
 def test_bad_inputs_raise_clear_errors():
     m = BatchedMLP(2, 12, 8, 1, 3)
     X, y = _data()

@@ -119,7 +119,7 @@ def _clusters(K: int, per_class: int, d: int, seed: int) -> tuple[torch.Tensor, 
 
 
 def test_batched_runs_are_independent():
-    model = mc.BatchedMLP(3, 5, 8, 2, 4, seed=0)
+    model = mc.batched_mlp(3, 5, 8, 2, 4, seed=0)
     x = torch.randn(3, 7, 5)
     out = model(x)
     x2 = x.clone()
