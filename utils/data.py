@@ -161,13 +161,16 @@ def _raw_tensors(name: str, train: bool, root: str) -> tuple[torch.Tensor, torch
 
 
 def select_per_class(y: torch.Tensor, per_class: int | None, classes: Sequence[int] | None,
-                     seed: int) -> torch.Tensor:
+                     seed: int | None, generator: torch.Generator | None = None, sort: bool = True) -> torch.Tensor:
     """Indices of ``per_class`` random examples of each class in ``classes`` (all when None).
 
     Args:
         y: (N,) integer labels.
+        seed: seeds a fresh CPU generator; or pass ``generator`` (and ``seed=None``) to continue a stream,
+            one ``randperm`` per class in the order of ``classes``.
+        sort: keep each class's picks in dataset order (else in the random order drawn).
     Returns:
-        (M,) indices, grouped by class in the order of ``classes``.
+        (M,) indices on ``y``'s device, grouped by class in the order of ``classes``.
     Raises:
         ValueError: empty class list, a class absent from ``y``, or ``per_class`` larger than a class.
     """
@@ -178,7 +181,9 @@ def select_per_class(y: torch.Tensor, per_class: int | None, classes: Sequence[i
         raise ValueError(f"classes has repeated labels: {classes}")
     if per_class is not None and per_class < 1:
         raise ValueError(f"per_class must be at least 1, got {per_class}")
-    g = torch.Generator().manual_seed(seed)
+    if (seed is None) == (generator is None):
+        raise ValueError("give exactly one of seed and generator")
+    g = generator if generator is not None else torch.Generator().manual_seed(seed)
     picked = []
     for c in classes:
         idx = torch.nonzero(y == c).flatten()
@@ -187,7 +192,9 @@ def select_per_class(y: torch.Tensor, per_class: int | None, classes: Sequence[i
         if per_class is not None:
             if per_class > len(idx):
                 raise ValueError(f"per_class={per_class} is larger than class {c}, which has {len(idx)} examples")
-            idx = idx[torch.randperm(len(idx), generator=g)[:per_class]].sort().values
+            idx = idx[torch.randperm(len(idx), generator=g)[:per_class].to(idx.device)]
+            if sort:
+                idx = idx.sort().values
         picked.append(idx)
     return torch.cat(picked)
 

@@ -32,6 +32,7 @@ from .elasticity_math import (PROBE_MEMORY_BYTES, angular_distances, donut_data,
                               one_step_change, one_step_change_module, one_step_change_reference, relative_similarity,
                               similarity_matrix, symmetrise, torus_data,
                               graph_geodesic_distances, flat_geodesic_distances)
+from .data import select_per_class
 from .experiment import JsonResult, check_profile, mlp_memory_bytes
 from .kernels import module_ntk  # noqa: F401
 from .metrics import pearson
@@ -309,13 +310,7 @@ def superclass_data(X_all: torch.Tensor, y_all: torch.Tensor, tuples: Sequence[S
     for t in tuples:
         if len(t) != 4 or len(set(t)) != 4:
             raise ValueError(f"each tuple needs four distinct classes (A, B, C, D), got {t}")
-        idx = []
-        for c in t:
-            pool = torch.nonzero(y_all == c).flatten()
-            if len(pool) < per_class:
-                raise ValueError(f"class {c} has {len(pool)} examples, fewer than per_class={per_class}")
-            idx.append(pool[torch.randperm(len(pool), generator=g)[:per_class].to(pool.device)])
-        idx = torch.cat(idx)
+        idx = select_per_class(y_all, per_class, t, seed=None, generator=g, sort=False)
         Xs.append(X_all[idx].flatten(1))
         subs.append(y_all[idx])
         Ys.append(torch.cat([torch.ones(2 * per_class), -torch.ones(2 * per_class)]).to(X_all)[:, None])

@@ -91,6 +91,15 @@ def test_per_class_draw_is_seeded():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_per_class_draw_can_continue_a_generator_stream_unsorted():
+    y = torch.arange(10).repeat(20)
+    g, ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    expected = torch.cat([torch.nonzero(y == c).flatten()[torch.randperm(20, generator=ref)[:4]] for c in (7, 2)])
+    assert torch.equal(select_per_class(y, 4, [7, 2], seed=None, generator=g, sort=False), expected)
+    with pytest.raises(ValueError, match="exactly one of seed and generator"):
+        select_per_class(y, 4, [7, 2], seed=0, generator=g)
+
+
 @pytest.mark.skipif(not data.DEBIAN_DIR.exists(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_real_fashion_mnist_statistics():
     X, y = load_dataset("fashion-mnist", train=True, per_class=100, seed=0)
