@@ -191,7 +191,8 @@ def select_per_class(y: torch.Tensor, per_class: int | None, classes: Sequence[i
             raise ValueError(f"class {c} has no examples in this split")
         if per_class is not None:
             if per_class > len(idx):
-                raise ValueError(f"per_class={per_class} is larger than class {c}, which has {len(idx)} examples")
+                raise ValueError(f"per_class={per_class} is larger than class {c}, which has {len(idx)} examples "
+                                 f"(fewer than requested)")
             idx = idx[torch.randperm(len(idx), generator=g)[:per_class].to(idx.device)]
             if sort:
                 idx = idx.sort().values

@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from .data import select_per_class
+
 
 def minority_size(n_majority: int, ratio: float) -> int:
     """``n_B = floor(n_A / R)`` examples per minority class.
@@ -72,14 +74,9 @@ def imbalanced_indices(y: torch.Tensor, n_majority: int, ratio: float, num_major
     sizes = class_sizes(K, num_majority, n_majority, ratio)
     g = torch.Generator().manual_seed(seed)
     y_cpu = y.cpu()
-    picked = []
-    for c, n_c in enumerate(sizes):
-        idx = torch.nonzero(y_cpu == c).flatten()
-        if len(idx) < n_c:
-            raise ValueError(f"class {c} has {len(idx)} examples, fewer than the {n_c} requested")
-        # the permutation depends only on the class, so smaller n_c gives a subset (nesting)
-        perm = torch.randperm(len(idx), generator=g)
-        picked.append(idx[perm[:n_c]].sort().values)
+    # one permutation per class from one stream: it depends only on the class, so smaller n_c gives a
+    # subset (nesting)
+    picked = [select_per_class(y_cpu, n_c, [c], seed=None, generator=g) for c, n_c in enumerate(sizes)]
     return torch.cat(picked).to(y.device)
 
 
