@@ -603,12 +603,14 @@ def equiangularity_ratio(run: Mapping[str, Any]) -> float:
     return last / first if first > 0 else math.inf
 
 
+def _per_run(runs: Sequence[Mapping[str, Any]], measures: Mapping[str, Callable[[Mapping], float]]
+             ) -> dict[str, float]:
+    """``{"<run name>: <measure name>": value}`` for every run and measure, runs first."""
+    return {f"{r['name']}: {name}": fn(r) for r in runs for name, fn in measures.items()}
+
+
 def _nc1_measures(runs: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    out = {}
-    for r in runs:
-        out[f"{r['name']}: whole run"] = nc1_ratio(r)
-        out[f"{r['name']}: terminal phase"] = nc1_tpt_ratio(r)
-    return out
+    return _per_run(runs, {"whole run": nc1_ratio, "terminal phase": nc1_tpt_ratio})
 
 
 def _nc1_holds(measured: Mapping[str, float]) -> bool:
@@ -617,11 +619,7 @@ def _nc1_holds(measured: Mapping[str, float]) -> bool:
 
 
 def _etf_measures(runs: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    out = {}
-    for r in runs:
-        out[f"{r['name']}: mean-cosine gap"] = etf_gap(r)
-        out[f"{r['name']}: equiangularity last/first"] = equiangularity_ratio(r)
-    return out
+    return _per_run(runs, {"mean-cosine gap": etf_gap, "equiangularity last/first": equiangularity_ratio})
 
 
 def _etf_holds(measured: Mapping[str, float]) -> bool:
