@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import functools
 import gzip
+import math
 import os
 import shutil
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -45,6 +47,36 @@ class DatasetNotAvailableError(RuntimeError):
     """Raised when a dataset is neither on disk nor downloadable; the message says how to get it."""
 
 
+class DatasetCorruptError(DatasetNotAvailableError):
+    """Raised when a dataset file exists but is corrupt (truncated download or copy); the message names
+    the file and says how to repair it."""
+
+
+# IDX type codes (http://yann.lecun.com/exdb/mnist/): code -> bytes per entry.
+_IDX_ITEM_SIZE = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}
+
+
+def idx_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete IDX file (bad magic number, or a size that disagrees with the
+    dimensions in its header, as in a truncated copy), or None when it is one."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if len(head) < 4:
+            return f"{size} bytes, too short for an IDX header"
+        if head[0] != 0 or head[1] != 0 or head[2] not in _IDX_ITEM_SIZE or not 1 <= head[3] <= 4:
+            return f"not an IDX file (magic bytes {head.hex()})"
+        dims_raw = f.read(4 * head[3])
+    if len(dims_raw) < 4 * head[3]:
+        return f"{size} bytes, too short for its header"
+    dims = [int.from_bytes(dims_raw[4 * i:4 * i + 4], "big") for i in range(head[3])]
+    expected = 4 + 4 * head[3] + math.prod(dims) * _IDX_ITEM_SIZE[head[2]]
+    if size != expected:
+        return f"{size} bytes where its header (shape {tuple(dims)}) needs {expected}: truncated or padded"
+    return None
+
+
 def default_root() -> Path:
     """Where torchvision-format data lives: ``$BOOK_DATA_ROOT`` or ``~/.cache/geometry-book``."""
     return Path(os.environ.get(DATA_ROOT_ENV, Path.home() / ".cache" / "geometry-book"))
@@ -57,9 +89,20 @@ def local_fashion_mnist_dirs() -> list[Path]:
 
 
 def prepare_fashion_mnist(root: Path) -> bool:
-    """Fill ``root/FashionMNIST/raw`` from a local copy. Returns True when the raw files are present."""
+    """Fill ``root/FashionMNIST/raw`` from a local copy. Returns True when the raw files are present.
+
+    Every file is checked against the size its IDX header implies. A corrupt file (a truncated
+    download, copy or gzip stream) raises :class:`DatasetCorruptError` naming it and saying how to
+    repair it; a failed copy leaves no partial files behind.
+    """
     raw = Path(root) / "FashionMNIST" / "raw"
     if all((raw / name).exists() for name in _IDX_FILES):
+        for name in _IDX_FILES:
+            problem = idx_problem(raw / name)
+            if problem is not None:
+                raise DatasetCorruptError(
+                    f"{raw / name} is corrupt ({problem}). Repair: delete it (rm '{raw / name}') and load "
+                    "again; it is re-created from a local copy or downloaded.")
         return True
     for folder in local_fashion_mnist_dirs():
         sources = {}
@@ -71,12 +114,27 @@ def prepare_fashion_mnist(root: Path) -> bool:
         if len(sources) < len(_IDX_FILES):
             continue
         raw.mkdir(parents=True, exist_ok=True)
-        for name, src in sources.items():
-            tmp = raw / f".{name}.tmp"
-            opener = gzip.open if src.suffix == ".gz" else open
-            with opener(src, "rb") as fin, open(tmp, "wb") as fout:
-                shutil.copyfileobj(fin, fout)
-            tmp.replace(raw / name)
+        tmps = {name: raw / f".{name}.tmp" for name in sources}
+        try:
+            for name, src in sources.items():  # all four into temporary files first ...
+                opener = gzip.open if src.suffix == ".gz" else open
+                try:
+                    with opener(src, "rb") as fin, open(tmps[name], "wb") as fout:
+                        shutil.copyfileobj(fin, fout)
+                except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+                    problem = f"{type(err).__name__}: {err}"
+                else:
+                    problem = idx_problem(tmps[name])
+                if problem is not None:
+                    hint = (f"sudo apt-get install --reinstall dataset-fashion-mnist" if folder == DEBIAN_DIR
+                            else f"copy the file again, or point ${LOCAL_COPY_ENV} at a good copy")
+                    raise DatasetCorruptError(
+                        f"{src} is corrupt ({problem}); nothing was written to {raw}. Repair: {hint}.")
+            for name in sources:  # ... then renamed, so a failure never leaves a partial set
+                tmps[name].replace(raw / name)
+        finally:
+            for tmp in tmps.values():
+                tmp.unlink(missing_ok=True)
         return True
     return False
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import torch
 
+from .checks import check_matrix, check_positive_int
+
 
 def etf_gram(K: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """(K, K) Gram of a unit-norm simplex ETF: ``K/(K-1) (I - 11^T/K)``."""
+    K = check_positive_int(K, "K", minimum=1)
     if K < 2:
         raise ValueError(f"a simplex ETF needs K >= 2 vectors, got K={K}")
     eye = torch.eye(K, dtype=dtype)
@@ -30,6 +33,7 @@ def simplex_etf(K: int, d: int, seed: int | None = None, dtype: torch.dtype = to
     Returns:
         (K, d) tensor whose rows form the ETF (they sum to zero).
     """
+    K, d = check_positive_int(K, "K", minimum=1), check_positive_int(d, "d", minimum=1)
     if K < 2:
         raise ValueError(f"a simplex ETF needs K >= 2 vectors, got K={K}")
     if d < K - 1:
@@ -46,8 +50,8 @@ def simplex_etf(K: int, d: int, seed: int | None = None, dtype: torch.dtype = to
 
 
 def normalised_gram(V: torch.Tensor) -> torch.Tensor:
-    """Gram ``V V^T`` (float64) divided by its Frobenius norm. V: (K, d) vectors as rows."""
-    V64 = V.to(torch.float64)
+    """Gram ``V V^T`` (float64) divided by its Frobenius norm. V: (K, d) finite vectors as rows."""
+    V64 = check_matrix(V, "V").to(torch.float64)
     G = V64 @ V64.T
     norm = torch.linalg.matrix_norm(G)
     if norm == 0:
@@ -68,10 +72,8 @@ def etf_distance(V: torch.Tensor, center: bool = False) -> float:
     Returns:
         The distance as a Python float (between 0 and 2).
     """
-    if V.dim() != 2 or V.shape[0] < 2:
-        raise ValueError(f"need a (K, d) tensor with K >= 2 rows, got shape {tuple(V.shape)}")
-    V64 = V.to(torch.float64)
+    V64 = check_matrix(V, "V", min_rows=2).to(torch.float64)
     if center:
         V64 = V64 - V64.mean(0, keepdim=True)
-    E = etf_gram(V.shape[0]).to(V64.device)
+    E = etf_gram(V64.shape[0]).to(V64.device)
     return float(torch.linalg.matrix_norm(normalised_gram(V64) - E / torch.linalg.matrix_norm(E)))

@@ -25,7 +25,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .metrics import class_means, cosine_matrix, separation_fuzziness, within_between_trace
+from .checks import check_classifier, check_features_labels, check_matrix
+from .metrics import (ClassStats, _centred_residual_projection, _scatter_trace, class_means, class_stats,
+                      cosine_matrix, separation_fuzziness, within_between_trace)
 from .etf import etf_distance
 from .profiles import torch_threads
 
@@ -42,12 +44,16 @@ def nc1(H: torch.Tensor, y: torch.Tensor, num_classes: int | None = None) -> flo
     """NC1 = Tr(Sigma_W Sigma_B^+)/K (Papyan's Sigma_B, classes weighted 1/K).
 
     Args:
-        H: (N, d) features; y: (N,) labels in 0..K-1.
+        H: (N, d) features; y: (N,) integer labels in 0..K-1.
     Returns:
-        NC1 as a float. For balanced classes it equals D/K, D the separation fuzziness.
+        NC1 as a non-negative float. For balanced classes it equals D/K, D the separation fuzziness.
+    Raises:
+        ValueError: bad shapes or labels, NaN/Inf features, coinciding class means
+            (see :func:`utils.metrics.within_between_trace`).
     """
-    means, _ = class_means(H, y, num_classes)
-    return within_between_trace(H, y, num_classes, weighting="uniform") / means.shape[0]
+    stats = class_stats(H, y, num_classes, min_classes=2)
+    C, Zc, _, _ = _centred_residual_projection(stats)
+    return _scatter_trace(stats, C, Zc, "uniform") / stats.K
 
 
 def _offdiag(C: torch.Tensor) -> torch.Tensor:
@@ -55,16 +61,25 @@ def _offdiag(C: torch.Tensor) -> torch.Tensor:
     return C[~torch.eye(K, dtype=torch.bool, device=C.device)]
 
 
+def _vectors(V, name: str = "V") -> torch.Tensor:
+    """V (K, d) with K >= 2 finite rows, as float64."""
+    return check_matrix(V, name, min_rows=2).to(torch.float64)
+
+
 def cosines(V: torch.Tensor) -> torch.Tensor:
-    """(K, K) cosine matrix of the rows of V (K, d), float64."""
-    if (V.to(torch.float64).norm(dim=1) == 0).any():
-        raise ValueError("a zero vector has no direction: cosines are undefined")
-    return cosine_matrix(V)
+    """(K, K) cosine matrix of the rows of V (K, d), float64. Raises ValueError for a zero row."""
+    V64 = _vectors(V)
+    zero = torch.nonzero(V64.norm(dim=1) == 0).flatten().tolist()
+    if zero:
+        raise ValueError(f"rows {zero} of V are zero vectors, which have no direction: cosines are undefined")
+    return cosine_matrix(V64)
 
 
 def equinorm(V: torch.Tensor) -> float:
     """Coefficient of variation (std/mean) of the row norms of V (K, d); 0 for equal norms."""
-    norms = V.to(torch.float64).norm(dim=1)
+    norms = _vectors(V).norm(dim=1)
+    if float(norms.mean()) == 0.0:
+        raise ValueError("all rows of V are zero: the coefficient of variation of their norms is undefined")
     return float(norms.std(unbiased=True) / norms.mean())
 
 
@@ -75,16 +90,34 @@ def equiangularity(V: torch.Tensor) -> float:
 
 def max_angle(V: torch.Tensor) -> float:
     """Mean of ``|cos(v_k, v_l) + 1/(K-1)|`` over k != l; 0 for a simplex ETF."""
-    K = V.shape[0]
-    return float((_offdiag(cosines(V)) + 1.0 / (K - 1)).abs().mean())
+    C = cosines(V)
+    return float((_offdiag(C) + 1.0 / (C.shape[0] - 1)).abs().mean())
 
 
 def self_duality(W: torch.Tensor, M: torch.Tensor) -> float:
     """NC3: ``|| W/||W||_F - M/||M||_F ||_F`` for W and M both (K, d)."""
-    if W.shape != M.shape:
-        raise ValueError(f"W and M must have the same shape (K, d), got {tuple(W.shape)} and {tuple(M.shape)}")
-    W64, M64 = W.to(torch.float64), M.to(torch.float64)
-    return float(torch.linalg.matrix_norm(W64 / torch.linalg.matrix_norm(W64) - M64 / torch.linalg.matrix_norm(M64)))
+    W64, M64 = _vectors(W, "W"), _vectors(M, "M")
+    if W64.shape != M64.shape:
+        raise ValueError(f"W and M must have the same shape (K, d), got {tuple(W64.shape)} and {tuple(M64.shape)}")
+    nW, nM = torch.linalg.matrix_norm(W64), torch.linalg.matrix_norm(M64)
+    if nW == 0 or nM == 0:
+        raise ValueError("W or M is all zero: self-duality compares directions and is undefined")
+    return float(torch.linalg.matrix_norm(W64 / nW - M64 / nM))
+
+
+def _ncc_from_projection(stats: ClassStats, C: torch.Tensor, Pc: torch.Tensor, logits: torch.Tensor) -> float:
+    """Fraction of rows where ``argmax logits`` differs from the nearest class mean, with distances from
+    the Gram expansion ``||h - mu_k||^2 = ||h - m||^2 - 2 (h - m).c_k + ||c_k||^2`` (mu_k = m + c_k,
+    Pc = H C^T), so no (N, K, d) difference or cdist is formed."""
+    m = stats.means.mean(0)
+    score = -2.0 * (Pc - m @ C.T) + (C * C).sum(1)                  # ||h - mu_k||^2 - ||h - m||^2
+    return float((logits.argmax(1) != score.argmin(1)).to(torch.float64).mean())
+
+
+def _check_nc_inputs(H, y, W, b, num_classes):
+    H, y, K = check_features_labels(H, y, num_classes, min_classes=2)
+    W, b = check_classifier(W, b, H.shape[1], K)
+    return H, y, K, W, b
 
 
 def ncc_mismatch(H: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None,
@@ -93,12 +126,15 @@ def ncc_mismatch(H: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Ten
 
     Args:
         H: (N, d) features; y: (N,) labels (used only for the class means); W: (K, d); b: (K,) or None.
+    Raises:
+        ValueError: W or b not matching the features and the K classes of y, NaN/Inf, bad labels.
     """
-    means, _ = class_means(H, y, num_classes)
-    H64, W64 = H.to(torch.float64), W.to(torch.float64)
-    logits = H64 @ W64.T + (0 if b is None else b.to(torch.float64))
-    nearest = torch.cdist(H64, means).argmin(1)
-    return float((logits.argmax(1) != nearest).to(torch.float64).mean())
+    H, y, K, W, b = _check_nc_inputs(H, y, W, b, num_classes)
+    stats = class_stats(H, y, K, min_classes=2)
+    C, _, Pc, logits = _centred_residual_projection(stats, extra=W)
+    if b is not None:
+        logits = logits + b.to(torch.float64)
+    return _ncc_from_projection(stats, C, Pc, logits)
 
 
 def nc_metrics(H: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None,
@@ -109,22 +145,29 @@ def nc_metrics(H: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tenso
     ``equinorm_means``, ``equinorm_classifiers``, ``equiangular_means``, ``equiangular_classifiers``,
     ``maxangle_means``, ``maxangle_classifiers``, ``etf_distance_means``, ``etf_distance_classifiers``,
     ``nc3`` (self-duality) and ``nc4`` (classifier vs nearest class centre).
+
+    The class means are computed once and H is read twice in float64 row chunks (means, then one
+    projection onto the centred means and W together); everything else works on K x K or (N, K) arrays.
+
+    Raises:
+        ValueError: W (K, d) or b (K,) not matching H (N, d) and the K classes of y, NaN/Inf entries,
+            bad labels, coinciding class means.
     """
-    if H.dim() != 2 or W.dim() != 2 or H.shape[1] != W.shape[1]:
-        raise ValueError(f"need H (N, d) and W (K, d) with the same d, got {tuple(H.shape)} and {tuple(W.shape)}")
-    K = W.shape[0] if num_classes is None else num_classes
-    if K < 2:
-        raise ValueError("neural collapse needs at least two classes")
-    M = centred_class_means(H, y, K)
+    H, y, K, W, b = _check_nc_inputs(H, y, W, b, num_classes)
+    stats = class_stats(H, y, K, min_classes=2)
+    C, Zc, Pc, logits = _centred_residual_projection(stats, extra=W)
+    if b is not None:
+        logits = logits + b.to(torch.float64)
+    M = C  # centred class means, (K, d) float64
     return {
-        "nc1": nc1(H, y, K),
-        "fuzziness": separation_fuzziness(H, y, K),
+        "nc1": _scatter_trace(stats, C, Zc, "uniform") / K,
+        "fuzziness": _scatter_trace(stats, C, Zc, "size"),
         "equinorm_means": equinorm(M), "equinorm_classifiers": equinorm(W),
         "equiangular_means": equiangularity(M), "equiangular_classifiers": equiangularity(W),
         "maxangle_means": max_angle(M), "maxangle_classifiers": max_angle(W),
         "etf_distance_means": etf_distance(M), "etf_distance_classifiers": etf_distance(W),
         "nc3": self_duality(W, M),
-        "nc4": ncc_mismatch(H, y, W, b, K),
+        "nc4": _ncc_from_projection(stats, C, Pc, logits),
     }
 
 

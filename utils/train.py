@@ -17,6 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .checks import check_choice, check_positive_int, check_repeats, env_flag
+
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint
 
@@ -24,9 +26,10 @@ OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
 def progress_bar(iterable, desc: str = "", enabled: bool = True, **kwargs):
-    """A ``tqdm.auto`` bar over ``iterable``; off when ``enabled`` is False or ``$TQDM_DISABLE`` is set
-    (the book build sets it, so no progress-bar residue reaches the website)."""
-    disable = (not enabled) or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
+    """A ``tqdm.auto`` bar over ``iterable``; off when ``enabled`` is False or ``$TQDM_DISABLE`` is true
+    (``1/true/yes/on``; ``0/false/no/off`` or unset keep the bar; the book build sets it, so no
+    progress-bar residue reaches the website). Another value raises ValueError naming the variable."""
+    disable = (not enabled) or env_flag("TQDM_DISABLE")
     return tqdm(iterable, desc=desc, disable=disable, leave=False, **kwargs)
 
 
@@ -43,15 +46,15 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator | None = N
         repeats: (n,) non-negative integers, how often each example appears per epoch
             (oversampling); None means once each.
         device: where the yielded indices live.
+    Raises:
+        ValueError: ``batch_size < 1``, ``n < 1``, repeats of the wrong shape, negative, non-integer
+            or all zero (an epoch with nothing to train on).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    n = check_positive_int(n, "n (the number of examples)")
     pool = torch.arange(n)
     if repeats is not None:
-        repeats = torch.as_tensor(repeats, dtype=torch.long).cpu()
-        if repeats.shape != (n,) or (repeats < 0).any():
-            raise ValueError(f"repeats must be {n} non-negative integers, got shape {tuple(repeats.shape)}")
-        pool = pool.repeat_interleave(repeats)
+        pool = pool.repeat_interleave(check_repeats(repeats, n))
     if shuffle:
         pool = pool[torch.randperm(len(pool), generator=generator)]
     pool = pool.to(device)
@@ -106,6 +109,40 @@ def _correct(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.zeros((), device=outputs.device)
 
 
+def _check_fit_arguments(model, X, y, epochs, optimizer, lr, weight_decay, batch_size, loss_fn, repeats) -> None:
+    """The argument checks at the head of :func:`fit` (see its Raises section)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for name, t in (("X", X), ("y", y)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor on the training device, got {type(t).__name__}; "
+                            f"convert it with torch.as_tensor({name})")
+    if X.dim() == 0 or y.dim() == 0 or X.shape[0] != y.shape[0]:
+        raise ValueError(f"X has {X.shape[0] if X.dim() else 0} examples but y has "
+                         f"{y.shape[0] if y.dim() else 0}: pass one target per example")
+    if X.shape[0] == 0:
+        raise ValueError("X and y are empty: there is nothing to train on")
+    if X.device != y.device:
+        raise ValueError(f"X is on {X.device} but y is on {y.device}; move both to the model's device")
+    if isinstance(epochs, bool) or not float(epochs).is_integer() or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+    check_positive_int(batch_size, "batch_size")
+    check_choice(optimizer, "optimizer", OPTIMIZERS)
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a non-negative finite number, got {weight_decay!r}")
+    if repeats is not None:
+        check_repeats(repeats, X.shape[0])
+    if loss_fn is cross_entropy_loss:
+        if y.is_floating_point() or y.dim() != 1:
+            raise TypeError(f"the default cross-entropy loss needs integer class labels y of shape (N,), got "
+                            f"dtype {y.dtype} and shape {tuple(y.shape)} (float targets would be read as class "
+                            "probabilities); pass y.long(), or a loss_fn for other targets")
+        if int(y.min()) < 0:
+            raise ValueError(f"class labels must be non-negative, got {int(y.min())}")
+
+
 def fit(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, optimizer: str = "sgd",
         lr: float = 0.1, weight_decay: float = 0.0, milestones: Sequence[int] = (),
         gamma: float = 0.1, batch_size: int = 128, seed: int = 0, progress: bool = True,
@@ -142,12 +179,14 @@ def fit(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, optimiz
         :class:`History` with one entry per epoch (mean training loss, training accuracy, lr).
     Raises:
         FloatingPointError: when an epoch's loss is not finite (names the epoch).
-        ValueError: for an unknown optimizer or mismatched ``X``/``y``.
+        ValueError: for an unknown optimizer, mismatched or empty ``X``/``y``, ``epochs < 0``,
+            ``batch_size < 1``, a non-positive or non-finite ``lr``, negative ``weight_decay``,
+            ``repeats`` that are not (N,) non-negative integers or are all zero (nothing to train on),
+            ``X``/``y`` on different devices, or (with the default cross-entropy) negative labels.
+        TypeError: non-tensor ``X``/``y``; float labels with the default cross-entropy (which would
+            read them as class probabilities).
     """
-    if X.shape[0] != y.shape[0]:
-        raise ValueError(f"X has {X.shape[0]} examples but y has {y.shape[0]}")
-    if epochs < 0:
-        raise ValueError(f"epochs must be non-negative, got {epochs}")
+    _check_fit_arguments(model, X, y, epochs, optimizer, lr, weight_decay, batch_size, loss_fn, repeats)
     device = X.device
     use_graph = (device.type == "cuda") if cuda_graph is None else (cuda_graph and device.type == "cuda")
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)

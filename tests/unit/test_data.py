@@ -96,3 +96,75 @@ def test_real_fashion_mnist_statistics():
     X, y = load_dataset("fashion-mnist", train=True, per_class=100, seed=0)
     assert X.shape == (1000, 1, 28, 28)
     assert abs(X.mean().item()) < 0.1 and 0.8 < X.std().item() < 1.2
+
+
+# ----------------------------------------------------------------------------- corrupt files
+
+
+def truncate(path: Path, keep: int) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def leftovers(root: Path) -> list[str]:
+    raw = root / "FashionMNIST" / "raw"
+    return sorted(p.name for p in raw.iterdir()) if raw.exists() else []
+
+
+@pytest.mark.parametrize("name", ["train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"])
+def test_truncated_gzip_copy_is_named_and_leaves_nothing(isolated, monkeypatch, name):
+    src = isolated / "copy"
+    src.mkdir()
+    write_idx(src, n=30)
+    truncate(src / name, 40)
+    monkeypatch.setenv(data.LOCAL_COPY_ENV, str(src))
+    with pytest.raises(data.DatasetCorruptError, match=f"{src / name} is corrupt.*EOFError.*copy the file again"):
+        load_dataset("fashion-mnist", root=isolated / "root")
+    assert leftovers(isolated / "root") == []  # no .tmp and no partial set of raw files
+
+
+def test_gzip_of_a_truncated_idx_file_is_corrupt_too(isolated, monkeypatch):
+    src = isolated / "copy"
+    src.mkdir()
+    write_idx(src, n=30, gz=False)
+    blob = (src / "train-images-idx3-ubyte").read_bytes()[:-100]  # a complete gzip of a short file
+    for f in src.iterdir():
+        with gzip.open(f.with_name(f.name + ".gz"), "wb") as out:
+            out.write(blob if f.name == "train-images-idx3-ubyte" else f.read_bytes())
+        f.unlink()
+    monkeypatch.setenv(data.LOCAL_COPY_ENV, str(src))
+    with pytest.raises(data.DatasetCorruptError, match=r"train-images-idx3-ubyte.gz is corrupt .*needs 23536"):
+        load_dataset("fashion-mnist", root=isolated / "root")
+    assert leftovers(isolated / "root") == []
+
+
+def test_truncated_raw_file_in_the_data_root_says_corrupt_not_missing(isolated, monkeypatch):
+    src = isolated / "plain"
+    src.mkdir()
+    write_idx(src, n=30, gz=False)
+    monkeypatch.setenv(data.LOCAL_COPY_ENV, str(src))
+    root = isolated / "root"
+    load_dataset("fashion-mnist", root=root)  # fills the raw folder
+    data._raw_tensors.cache_clear()
+    bad = root / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte"
+    truncate(bad, 1000)
+    with pytest.raises(data.DatasetCorruptError, match=f"{bad} is corrupt .*1000 bytes.*rm '{bad}'"):
+        load_dataset("fashion-mnist", train=False, root=root)
+    bad.unlink()  # the repair the message gives: the file is re-created from the local copy
+    X, _ = load_dataset("fashion-mnist", train=False, root=root)
+    assert X.shape == (30, 1, 28, 28)
+
+
+def test_idx_problem():
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        write_idx(folder, n=5, gz=False)
+        f = folder / "train-labels-idx1-ubyte"
+        assert data.idx_problem(f) is None
+        f.write_bytes(f.read_bytes() + b"\0")
+        assert "needs 13" in data.idx_problem(f)
+        f.write_bytes(b"\x1f\x8b\x08\x00")
+        assert "not an IDX file" in data.idx_problem(f)
+        f.write_bytes(b"\0\0")
+        assert "too short" in data.idx_problem(f)
