@@ -130,9 +130,10 @@ class ResNet18(FeatureNet):
         return self.body(x)
 
 
-def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 128, image_size: int = 28) -> SmallCNN:
+def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 128, image_size: int = 28,
+              channels: tuple[int, int] = (32, 64)) -> SmallCNN:
     """The quick-profile CNN (see :class:`SmallCNN`)."""
-    return SmallCNN(in_channels, num_classes, width, image_size)
+    return SmallCNN(in_channels, num_classes, width, image_size, tuple(channels))
 
 
 def vgg11(in_channels: int = 3, num_classes: int = 10) -> VGG:
@@ -153,3 +154,42 @@ def build(name: str, in_channels: int, num_classes: int, **kwargs) -> FeatureNet
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[name](in_channels=in_channels, num_classes=num_classes, **kwargs)
+
+
+def cost_per_image(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Multiply-accumulates and activation elements of one forward pass of one image.
+
+    Args:
+        model: any network built from ``nn.Conv2d``/``nn.Linear``/other leaf modules.
+        input_shape: (C, s, s) or (d,) of one example.
+    Returns:
+        ``{"macs": forward multiply-accumulates of the Conv2d and Linear layers,
+        "activations": elements output by all leaf modules (what backward keeps),
+        "largest": the largest single leaf output, "parameters": parameter count}``.
+        The pass runs on the ``meta`` device (no memory, no arithmetic), on a copy of the model.
+    """
+    import copy
+    net = copy.deepcopy(model).to("meta").eval()
+    totals = {"macs": 0, "activations": 0, "largest": 0}
+
+    def hook(module: nn.Module, inputs, output) -> None:
+        if not isinstance(output, torch.Tensor):
+            return
+        n = output[0].numel()  # one image
+        totals["activations"] += n
+        totals["largest"] = max(totals["largest"], n)
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            totals["macs"] += n * k
+        elif isinstance(module, nn.Linear):
+            totals["macs"] += module.in_features * module.out_features
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            net(torch.zeros((1, *input_shape), device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    totals["parameters"] = sum(p.numel() for p in model.parameters())
+    return totals
