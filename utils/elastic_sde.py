@@ -112,3 +112,96 @@ def phase_transition(ratios: Sequence[float], num_classes: Sequence[int], inter:
         rows += [{"classes": K, "ratio": float(r), "separation": float(s), "accuracy": float(a)}
                  for r, s, a in zip(ratios, sep, acc)]
     return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Fitting the locally elastic model to a real network (Zhang, Wang & Su 2021, Section 4)
+# --------------------------------------------------------------------------------------------
+def elastic_design(sampled: torch.Tensor, grads: torch.Tensor, num_classes: int, lr: float) -> torch.Tensor:
+    """Regressors of the per-step model ``Delta Z_k(s) = -lr E[k, c_s] g_s`` with ``E = alpha I + beta (1 - I)``.
+
+    An SGD step on one example of class ``c_s`` with loss gradient ``g_s`` in logit space (cross-entropy:
+    ``softmax(f(x)) - e_y``) moves the mean logit vector ``Z_k`` of class k by ``-lr E[k, c_s] g_s``:
+    ``alpha`` for the class stepped on, ``beta`` for every other class (local elasticity averaged per class).
+
+    Args:
+        sampled: (S,) class of the example stepped on at each step; grads: (S, K) its logit gradient.
+    Returns:
+        (S, K, K, 2) regressors: ``[..., 0]`` multiplies alpha, ``[..., 1]`` beta, for class k and logit j.
+    """
+    S, K = grads.shape
+    if K != num_classes or sampled.shape != (S,):
+        raise ValueError(f"expected sampled (S,) and grads (S, {num_classes}); got {tuple(sampled.shape)}, {tuple(grads.shape)}")
+    same = (sampled[:, None] == torch.arange(K, device=sampled.device)[None]).to(grads.dtype)  # (S, K)
+    base = -lr * grads[:, None, :]  # (S, 1, K)
+    return torch.stack([same[:, :, None] * base, (1 - same)[:, :, None] * base], -1)
+
+
+def estimate_elasticity(increments: torch.Tensor, sampled: torch.Tensor, grads: torch.Tensor, lr: float,
+                        windows: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares ``alpha_hat(t), beta_hat(t)`` from the increments of the class-mean logits.
+
+    Args:
+        increments: (S, K, K) ``Z_k(s+1) - Z_k(s)`` (class k, logit j) for every SGD step s.
+        sampled: (S,) class stepped on; grads: (S, K) logit gradient of that example; lr: the step size.
+        windows: number of consecutive, equal blocks of steps, each with its own (alpha, beta).
+    Returns:
+        alpha, beta: (windows,) estimates, exact when the increments follow the model.
+    Raises:
+        ValueError: shapes disagree or a window sees only one class (beta is then not identifiable).
+    """
+    S, K, _ = increments.shape
+    if windows < 1 or windows > S:
+        raise ValueError(f"windows must be in 1..{S}, got {windows}")
+    X = elastic_design(sampled, grads, K, lr).double()
+    y = increments.double()
+    alphas, betas = [], []
+    for block in torch.arange(S).tensor_split(windows):
+        if len(torch.unique(sampled[block])) < 2:
+            raise ValueError("a window saw a single class; use fewer windows")
+        A = X[block].reshape(-1, 2)
+        sol = torch.linalg.lstsq(A, y[block].reshape(-1, 1)).solution[:, 0]
+        alphas.append(sol[0])
+        betas.append(sol[1])
+    return torch.stack(alphas), torch.stack(betas)
+
+
+def simulate_logit_ode(Z0: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, steps: int, lr: float,
+                       weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean-field locally elastic ODE for class-mean logits, with time-varying coefficients.
+
+    ``Z_k(s+1) = Z_k(s) - lr sum_k' pi_k' E_s[k, k'] (softmax(Z_k') - e_k')`` with ``E_s = alpha I + beta (1 - I)``
+    taken from the window containing step s and ``pi`` the sampling frequencies of the classes.
+
+    Args:
+        Z0: (K, K) class-mean logits at the start; alpha, beta: (W,) per-window coefficients (W <= steps);
+        steps: number of SGD steps to imitate; weights: (K,) class frequencies (default uniform).
+    Returns:
+        (steps + 1, K, K) trajectory.
+    """
+    K = Z0.shape[0]
+    if Z0.shape != (K, K) or alpha.shape != beta.shape or alpha.dim() != 1:
+        raise ValueError(f"Z0 must be (K, K) and alpha, beta (W,); got {tuple(Z0.shape)}, {tuple(alpha.shape)}")
+    pi = torch.full((K,), 1.0 / K, dtype=torch.float64) if weights is None else weights.double() / weights.sum()
+    window = torch.arange(steps).tensor_split(len(alpha))
+    which = torch.cat([torch.full((len(b),), i) for i, b in enumerate(window)])
+    eye = torch.eye(K, dtype=torch.float64)
+    Z = Z0.double().clone()
+    path = [Z]
+    for s in range(steps):
+        E = beta[which[s]] + (alpha[which[s]] - beta[which[s]]) * eye
+        G = torch.softmax(Z, 1) - eye  # (K, K): row k' is the mean-field gradient of class k'
+        Z = Z - lr * (E * pi[None]) @ G
+        path.append(Z)
+    return torch.stack(path)
+
+
+def relative_trajectory_error(simulated: torch.Tensor, real: torch.Tensor) -> float:
+    """``||Z_sim - Z_real|| / ||Z_real - Z_real(0)||`` over the whole trajectory (Frobenius norms): the error
+    relative to how far the real class-mean logits moved. Both (T, K, K)."""
+    if simulated.shape != real.shape:
+        raise ValueError(f"trajectories differ in shape: {tuple(simulated.shape)} vs {tuple(real.shape)}")
+    moved = (real - real[:1]).norm()
+    if moved == 0:
+        raise ValueError("the real trajectory does not move; the relative error is undefined")
+    return float((simulated - real).norm() / moved)

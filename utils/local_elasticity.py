@@ -1,493 +1,296 @@
-"""Local elasticity (He & Su, 2020): how much one SGD step at ``x`` moves the prediction at ``x'``.
+"""Chapter 04: local elasticity (He & Su, ICLR 2020), its SDE (Zhang, Wang & Su, NeurIPS 2021) and its
+stability bound (Deng, He & Su, ICML 2021).
 
-Relative similarity ``S_rel(x, x') = |f(x', w+) - f(x', w)| / |f(x, w+) - f(x, w)|`` where ``w+`` is
-one plain SGD step on the squared loss at the labelled example ``(x, y)``; its kernelised form
-``-(f(x', w+) - f(x', w)) / (lr * l'(x))`` tends to the neural tangent kernel
-``<grad_w f(x), grad_w f(x')>`` as ``lr -> 0``.
+The mathematics (two-layer networks, the fused one-step probe, tangent kernels, the manifolds) lives in
+:mod:`utils.elasticity_math`, the SDE in :mod:`utils.elastic_sde`, stability in :mod:`utils.elastic_stability`,
+clustering in :mod:`utils.clustering`. This module runs the chapter's experiments:
 
-Two implementations of the one-step probe:
-
-* :func:`one_step_change` — exact and fast for the two-layer network ``f(x) = a^T s(Wx + b) + c``
-  used throughout the chapter: after a step at ``x`` the pre-activation at ``x'`` moves by
-  ``-lr * D_x (x.x' + 1)``, so every (anchor, probe) pair costs ``O(m)`` and the weights are
-  never copied (they are "restored" trivially).
-* :func:`one_step_change_module` — for any ``nn.Module``, with ``torch.func`` (a per-anchor
-  gradient by ``vmap(grad)``, then the probes through ``vmap(functional_call)`` of the stepped
-  weights); the model's own weights are never modified.
-
-The two-layer networks are stored as dictionaries of tensors with a leading *run* dimension
-``R`` (``W: (R, m, d)``, ``b: (R, m)``, ``a: (R, m, K)``, ``c: (R, K)``) so that several networks
-(the ReLU and linear controls, or six super-class problems) train side by side as one computation.
+1. ``synthetic``: S_rel against geodesic distance on the paper's two interleaved rippled curves, ReLU vs linear,
+   standard vs NTK parametrisation, with the tangent kernel at initialisation and after training;
+2. ``growth`` and ``class_profile``: on Fashion-MNIST, S_rel from shirts to every class along training;
+3. ``clustering``: the super-class protocol over seeds, with pixel/PCA baselines and linear/initial controls;
+4. ``sde_fit``: alpha_hat(t), beta_hat(t) fitted to a real network's class-mean logits, under label corruption;
+5. ``stability``: beta(z_i, z) by removal and retraining, uniform vs locally elastic constants;
+6. ``phase``: the hand-set SDE's phase diagram.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import dijkstra
-from torch.func import functional_call, grad, jacrev, vmap
 
+from . import clustering as cl
+from . import elastic_sde
+from . import elastic_stability as stab
+from .claims import Claim
+from .elasticity_math import (PROBE_MEMORY_BYTES, Params, TRAINED, angular_distances, donut_data,  # noqa: F401
+                              empirical_ntk, folded_boxes_data, init_two_layer, kernelised_similarity,
+                              one_step_change, one_step_change_module, one_step_change_reference, relative_similarity,
+                              select_run, similarity_matrix, symmetrise, torus_data, train_two_layer,
+                              two_layer_forward, two_layer_hidden, two_layer_ntk, two_layer_residuals,
+                              graph_geodesic_distances, flat_geodesic_distances)
+from .experiment import JsonResult, check_profile, mlp_memory_bytes
 from .metrics import pearson
-from .train import batch_indices, progress_bar
+from .profiles import torch_threads
+from .train import progress_bar
 
-Params = dict[str, torch.Tensor]
-
-
-# --------------------------------------------------------------------------------------------
-# Two-layer networks with a leading run dimension
-# --------------------------------------------------------------------------------------------
-def init_two_layer(runs: int, in_dim: int, width: int, out_dim: int = 1, seed: int = 0,
-                   dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                   parametrisation: str = "ntk", bias: bool = True) -> Params:
-    """``runs`` independent two-layer networks ``f(x) = a^T s(Wx + b) + c``.
-
-    ``parametrisation="ntk"``: ``W ~ N(0, 1/d)``, ``b ~ N(0, 1)``, ``a ~ N(0, 1/m)``, ``c = 0`` and per-layer
-    SGD step multipliers ``(1/d, 1, 1/m, 1)`` for ``(W, b, a, c)``: exactly SGD on the NTK parametrisation
-    ``a'^T s(W'x/sqrt(d) + b)/sqrt(m)`` with standard-normal ``W', a'``, so the tangent kernel stays O(1)
-    at any width. ``"standard"``: PyTorch's uniform ``nn.Linear`` initialisation and one step size for all.
-
-    ``bias=False`` fixes ``b = c = 0`` (their step multipliers are 0): the paper's ``f(x) = sum_r a_r s(w_r.x)``.
-
-    Returns:
-        ``{"W": (R, m, d), "b": (R, m), "a": (R, m, K), "c": (R, K), "lr_scale": (R, 4)}``
-        (``lr_scale`` is not trained).
-    """
-    if min(runs, in_dim, width, out_dim) < 1:
-        raise ValueError(f"runs, in_dim, width and out_dim must be positive, got {runs}, {in_dim}, {width}, {out_dim}")
-    g = torch.Generator().manual_seed(seed)
-    if parametrisation == "standard":
-        u = lambda shape, bound: ((torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * bound)
-        p = {"W": u((runs, width, in_dim), 1 / math.sqrt(in_dim)), "b": u((runs, width), 1 / math.sqrt(in_dim)),
-             "a": u((runs, width, out_dim), 1 / math.sqrt(width)), "c": u((runs, out_dim), 1 / math.sqrt(width)),
-             "lr_scale": torch.ones(runs, 4, dtype=torch.float64)}
-    elif parametrisation == "ntk":
-        n = lambda shape, std: torch.randn(shape, generator=g, dtype=torch.float64) * std
-        p = {"W": n((runs, width, in_dim), 1 / math.sqrt(in_dim)), "b": n((runs, width), 1.0),
-             "a": n((runs, width, out_dim), 1 / math.sqrt(width)), "c": torch.zeros(runs, out_dim, dtype=torch.float64),
-             "lr_scale": torch.tensor([1 / in_dim, 1.0, 1 / width, 1.0], dtype=torch.float64).repeat(runs, 1)}
-    else:
-        raise ValueError(f"parametrisation must be 'ntk' or 'standard', got {parametrisation!r}")
-    if not bias:
-        p["b"].zero_()
-        p["c"].zero_()
-        p["lr_scale"][:, [1, 3]] = 0.0
-    return {k: v.to(dtype=dtype, device=device) for k, v in p.items()}
-
-
-TRAINED = ("W", "b", "a", "c")
-
-
-def _lr_scale(params: Params) -> torch.Tensor:
-    """(R, 4) per-layer step multipliers for (W, b, a, c); ones when absent."""
-    if "lr_scale" in params:
-        return params["lr_scale"]
-    return torch.ones(params["W"].shape[0], 4, dtype=params["W"].dtype, device=params["W"].device)
-
-
-def _act(h: torch.Tensor, nonlinear: bool) -> torch.Tensor:
-    return torch.relu(h) if nonlinear else h
-
-
-def _act_grad(h: torch.Tensor, nonlinear: bool) -> torch.Tensor:
-    return (h > 0).to(h.dtype) if nonlinear else torch.ones_like(h)
-
-
-def _batched_inputs(params: Params, X: torch.Tensor) -> torch.Tensor:
-    """X: (N, d) shared by all runs or (R, N, d) -> (R, N, d) view."""
-    R, _, d = params["W"].shape
-    if X.dim() == 2:
-        X = X.unsqueeze(0).expand(R, -1, -1)
-    if X.dim() != 3 or X.shape[0] != R or X.shape[2] != d:
-        raise ValueError(f"inputs must be (N, {d}) or ({R}, N, {d}), got {tuple(X.shape)}")
-    return X
-
-
-def two_layer_hidden(params: Params, X: torch.Tensor) -> torch.Tensor:
-    """Pre-activations ``Wx + b``. X: (N, d) or (R, N, d) -> (R, N, m)."""
-    X = _batched_inputs(params, X).to(params["W"].dtype)
-    return torch.baddbmm(params["b"].unsqueeze(1), X, params["W"].transpose(1, 2))
-
-
-def two_layer_forward(params: Params, X: torch.Tensor, nonlinear: bool = True) -> torch.Tensor:
-    """Outputs ``a^T s(Wx + b) + c``. X: (N, d) or (R, N, d) -> (R, N, K)."""
-    H = _act(two_layer_hidden(params, X), nonlinear)
-    return torch.baddbmm(params["c"].unsqueeze(1), H, params["a"])
-
-
-def train_two_layer(params: Params, X: torch.Tensor, Y: torch.Tensor, epochs: int, lr: float,
-                    batch_size: int = 32, nonlinear: bool = True, seed: int = 0, progress: bool = True,
-                    callback: Callable[[int, Params], dict | None] | None = None) -> dict:
-    """Plain SGD on the squared loss ``0.5 ||f(x) - y||^2`` (batch mean), all runs side by side.
-
-    Args:
-        params: from :func:`init_two_layer` (not modified; a trained copy is returned).
-        X: (N, d) shared inputs or (R, N, d) per-run inputs; Y: (N, K) or (R, N, K) targets.
-        callback: ``callback(epoch, params)`` after every epoch (epoch 0 = before training);
-            returned dicts are collected in ``history["extra"]``.
-    Returns:
-        ``{"params": trained copy, "loss": [per-epoch mean loss per run], "extra": [...]}``.
-    """
-    X = _batched_inputs(params, X)
-    R, N, _ = X.shape
-    if Y.dim() == 2:
-        Y = Y.unsqueeze(0).expand(R, -1, -1)
-    if Y.shape[:2] != (R, N) or Y.shape[2] != params["a"].shape[2]:
-        raise ValueError(f"targets must be (N, K) or (R, N, K) matching inputs {tuple(X.shape)}, got {tuple(Y.shape)}")
-    p = {k: params[k].detach().clone().requires_grad_(True) for k in TRAINED}
-    scale = _lr_scale(params).to(p["W"].dtype)
-    X, Y = X.to(p["W"].dtype), Y.to(p["W"].dtype)
-    gen = torch.Generator().manual_seed(seed)
-    history: dict = {"loss": [], "extra": []}
-    if callback is not None:
-        with torch.no_grad():
-            history["extra"].append(callback(0, {**params, **{k: v.detach() for k, v in p.items()}}) or {})
-    for epoch in progress_bar(range(1, epochs + 1), desc="SGD epochs", enabled=progress):
-        total = torch.zeros(R, dtype=torch.float64, device=X.device)
-        for idx in batch_indices(N, batch_size, gen, device=X.device):
-            out = two_layer_forward(p, X[:, idx], nonlinear)
-            per_run = 0.5 * ((out - Y[:, idx]) ** 2).sum(-1).mean(-1)  # (R,)
-            grads = torch.autograd.grad(per_run.sum(), list(p.values()))
-            with torch.no_grad():
-                for j, (v, g_) in enumerate(zip(p.values(), grads)):
-                    v.sub_(lr * scale[:, j].view(-1, *([1] * (v.dim() - 1))) * g_)
-            total += per_run.detach().to(torch.float64) * len(idx)
-        loss = (total / N).tolist()
-        if not all(math.isfinite(v) for v in loss):
-            raise FloatingPointError(f"non-finite loss at epoch {epoch}; lower the learning rate")
-        history["loss"].append(loss)
-        if callback is not None:
-            with torch.no_grad():
-                history["extra"].append(callback(epoch, {**params, **{k: v.detach() for k, v in p.items()}}) or {})
-    history["params"] = {**params, **{k: v.detach() for k, v in p.items()}}
-    return history
-
-
-def select_run(params: Params, run: int) -> Params:
-    """The parameters of one run, keeping a run dimension of size 1."""
-    return {k: v[run:run + 1] for k, v in params.items()}
-
-
-# --------------------------------------------------------------------------------------------
-# One SGD step at an anchor, observed at many probes
-# --------------------------------------------------------------------------------------------
-@torch.no_grad()
-def one_step_change(params: Params, anchors: torch.Tensor, anchor_targets: torch.Tensor,
-                    probes: torch.Tensor, lr: float, nonlinear: bool = True, chunk_size: int = 16,
-                    dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact change of the outputs after one SGD step (squared loss) at each anchor, for one network.
-
-    For ``f(x) = a^T s(Wx + b) + c``, residual ``r = f(x) - y`` and per-layer step multipliers
-    ``(lw, lb, la, lc)`` (``params["lr_scale"]``), the step is ``a+ = a - lr la s_x r^T``,
-    ``c+ = c - lr lc r``, ``W+ = W - lr lw D_x x^T``, ``b+ = b - lr lb D_x`` with ``D_x = (a r) * s'(h_x)``,
-    so the probe's pre-activation becomes ``h' - lr D_x (lw x.x' + lb)``: no weights are copied.
-
-    Args:
-        params: one network (run dimension 1).
-        anchors: (A, d) examples stepped on, one at a time; anchor_targets: (A, K).
-        probes: (P, d) examples observed.
-        lr: the SGD step size.
-    Returns:
-        ``delta_probe``: (A, P, K) ``f(x', w+) - f(x', w)``; ``delta_anchor``: (A, K) the change at the anchor.
-    """
-    if params["W"].shape[0] != 1:
-        raise ValueError(f"one_step_change expects one network (run dimension 1), got {params['W'].shape[0]}")
-    if anchors.dim() != 2 or probes.dim() != 2 or anchor_targets.dim() != 2 \
-            or anchor_targets.shape[0] != anchors.shape[0]:
-        raise ValueError(f"expected anchors (A, d), targets (A, K), probes (P, d); got {tuple(anchors.shape)}, "
-                         f"{tuple(anchor_targets.shape)}, {tuple(probes.shape)}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
-    lw, lb, la, lc = _lr_scale(params)[0].tolist()
-    p = {k: params[k][0].to(dtype) for k in TRAINED}
-    anchors, probes, T = anchors.to(dtype), probes.to(dtype), anchor_targets.to(dtype)
-    Ha = anchors @ p["W"].T + p["b"]  # (A, m)
-    Hp = probes @ p["W"].T + p["b"]  # (P, m)
-    Sa = _act(Ha, nonlinear)
-    r = Sa @ p["a"] + p["c"] - T  # (A, K) residuals
-    D = (r @ p["a"].T) * _act_grad(Ha, nonlinear)  # (A, m)
-    G = lw * (anchors @ probes.T) + lb  # (A, P)
-    Ga = lw * (anchors * anchors).sum(1) + lb  # (A,)
-    f_probe = _act(Hp, nonlinear) @ p["a"] + p["c"]  # (P, K)
-    delta_probe = torch.empty(anchors.shape[0], probes.shape[0], p["a"].shape[1], dtype=dtype, device=anchors.device)
-    for s in range(0, anchors.shape[0], chunk_size):
-        sl = slice(s, s + chunk_size)
-        a_plus = p["a"] - lr * la * Sa[sl, :, None] * r[sl, None, :]  # (C, m, K)
-        c_plus = p["c"] - lr * lc * r[sl]  # (C, K)
-        H_plus = Hp[None] - lr * G[sl, :, None] * D[sl, None, :]  # (C, P, m)
-        f_plus = torch.bmm(_act(H_plus, nonlinear), a_plus) + c_plus[:, None, :]
-        delta_probe[sl] = f_plus - f_probe[None]
-    a_plus = p["a"] - lr * la * Sa[:, :, None] * r[:, None, :]
-    Ha_plus = Ha - lr * Ga[:, None] * D
-    f_anchor = Sa @ p["a"] + p["c"]
-    delta_anchor = (torch.einsum("am,amk->ak", _act(Ha_plus, nonlinear), a_plus) + (p["c"] - lr * lc * r)
-                    - f_anchor)
-    return delta_probe, delta_anchor
-
-
-def one_step_change_module(model: nn.Module, anchors: torch.Tensor, anchor_targets: torch.Tensor,
-                           probes: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step (squared loss) at each anchor of any ``nn.Module``, observed at the probes.
-
-    The per-anchor gradients come from ``vmap(grad(...))`` and the stepped weights are evaluated
-    with ``vmap(functional_call)``; ``model``'s own parameters are never changed.
-
-    Args:
-        anchors: (A, ...) inputs; anchor_targets: (A, K); probes: (P, ...) inputs.
-    Returns:
-        ``delta_probe``: (A, P, K); ``delta_anchor``: (A, K).
-    """
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
-
-    def out(p: Params, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(model, (p, buffers), (x,))
-
-    def loss(p: Params, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return 0.5 * ((out(p, x[None])[0] - t) ** 2).sum()
-
-    grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, anchors, anchor_targets)
-    stepped = {k: params[k][None] - lr * g for k, g in grads.items()}
-    before_probe = out(params, probes)  # (P, K)
-    before_anchor = out(params, anchors)  # (A, K)
-    after_probe = vmap(out, in_dims=(0, None))(stepped, probes)  # (A, P, K)
-    after_anchor = vmap(lambda p, x: out(p, x[None])[0])(stepped, anchors)  # (A, K)
-    return after_probe - before_probe[None], after_anchor - before_anchor
-
-
-def relative_similarity(delta_probe: torch.Tensor, delta_anchor: torch.Tensor) -> torch.Tensor:
-    """``S_rel = ||f(x', w+) - f(x', w)|| / ||f(x, w+) - f(x, w)||``.
-
-    Args:
-        delta_probe: (A, P, K) or (A, P); delta_anchor: (A, K) or (A,).
-    Returns:
-        (A, P) relative similarities.
-    Raises:
-        ValueError: when a change at an anchor is exactly zero (a perfectly fitted anchor; raise lr).
-    """
-    if delta_probe.dim() == 2:
-        delta_probe, delta_anchor = delta_probe[..., None], delta_anchor[..., None]
-    denom = delta_anchor.norm(dim=-1)
-    if (denom == 0).any():
-        raise ValueError("the SGD step did not change f at some anchors (zero residual or underflow); "
-                         "use float64 or a larger step")
-    return delta_probe.norm(dim=-1) / denom[:, None]
-
-
-def kernelised_similarity(delta_probe: torch.Tensor, residual: torch.Tensor, lr: float) -> torch.Tensor:
-    """``-<f(x', w+) - f(x', w), r> / (lr ||r||^2)``: the one-step change per unit step and unit loss slope.
-
-    For a scalar output this is ``-(f(x', w+) - f(x', w)) / (lr * l'(x))`` with ``l'(x) = f(x) - y``,
-    which tends to the NTK ``<grad f(x), grad f(x')>`` as ``lr -> 0``.
-
-    Args:
-        delta_probe: (A, P, K); residual: (A, K) ``f(x) - y`` at the anchors.
-    Returns:
-        (A, P).
-    """
-    rr = (residual ** 2).sum(-1)
-    if (rr == 0).any():
-        raise ValueError("zero residual at some anchor: the kernelised form is undefined there")
-    return -torch.einsum("apk,ak->ap", delta_probe, residual) / (lr * rr[:, None])
-
-
-def two_layer_residuals(params: Params, X: torch.Tensor, Y: torch.Tensor, nonlinear: bool = True,
-                        dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """``f(x) - y`` for one network. X: (N, d), Y: (N, K) -> (N, K)."""
-    p = {k: params[k].to(dtype) for k in TRAINED}
-    return two_layer_forward(p, X.to(dtype), nonlinear)[0] - Y.to(dtype)
-
-
-@torch.no_grad()
-def two_layer_ntk(params: Params, X1: torch.Tensor, X2: torch.Tensor, nonlinear: bool = True,
-                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Closed-form empirical NTK of the first output of every run of a two-layer network.
-
-    ``Theta(x, x') = lc + la s(h).s(h') + sum_j a_j^2 s'(h_j) s'(h'_j) (lw x.x' + lb)`` with the per-layer
-    step multipliers ``(lw, lb, la, lc)``; it is the kernel of the one-step change, see :func:`one_step_change`.
-
-    Returns:
-        (R, N1, N2).
-    """
-    p = {k: params[k].to(dtype) for k in TRAINED}
-    lam = _lr_scale(params).to(dtype)
-    lw, lb, la, lc = (lam[:, j, None, None] for j in range(4))
-    H1, H2 = two_layer_hidden(p, X1.to(dtype)), two_layer_hidden(p, X2.to(dtype))
-    a2 = p["a"][..., 0] ** 2  # (R, m)
-    X1b, X2b = _batched_inputs(p, X1.to(dtype)), _batched_inputs(p, X2.to(dtype))
-    gram = lw * torch.bmm(X1b, X2b.transpose(1, 2)) + lb
-    first = la * torch.bmm(_act(H1, nonlinear), _act(H2, nonlinear).transpose(1, 2)) + lc
-    second = torch.bmm(_act_grad(H1, nonlinear) * a2[:, None], _act_grad(H2, nonlinear).transpose(1, 2))
-    return first + second * gram
-
-
-def empirical_ntk(model: nn.Module, X1: torch.Tensor, X2: torch.Tensor, chunk_size: int = 256) -> torch.Tensor:
-    """Empirical NTK ``sum_k <grad_w f_k(x), grad_w f_k(x')>`` of any module, with ``torch.func``.
-
-    Per-example Jacobians come from ``vmap(jacrev(functional_call))``; the kernel is their
-    contraction over parameters and outputs (the trace of the K x K NTK block).
-
-    Args:
-        X1: (N1, ...), X2: (N2, ...) inputs.
-    Returns:
-        (N1, N2) kernel matrix.
-    """
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
-
-    def f_single(p: Params, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(model, (p, buffers), (x[None],))[0]
-
-    def jac(X: torch.Tensor) -> torch.Tensor:
-        parts = []
-        for s in range(0, X.shape[0], chunk_size):
-            J = vmap(jacrev(f_single), in_dims=(None, 0))(params, X[s:s + chunk_size])
-            parts.append(torch.cat([j.flatten(2) for j in J.values()], dim=2))  # (n, K, P)
-        return torch.cat(parts)
-
-    J1, J2 = jac(X1), jac(X2)
-    return torch.einsum("akp,bkp->ab", J1, J2)
-
-
-def symmetrise(S: torch.Tensor) -> torch.Tensor:
-    """``(S + S^T) / 2`` of a square (N, N) similarity matrix."""
-    if S.dim() != 2 or S.shape[0] != S.shape[1]:
-        raise ValueError(f"similarity matrix must be square, got {tuple(S.shape)}")
-    return 0.5 * (S + S.T)
-
-
-def similarity_matrix(params: Params, X: torch.Tensor, Y: torch.Tensor, lr: float, nonlinear: bool = True,
-                      kind: str = "relative", chunk_size: int = 32) -> torch.Tensor:
-    """Symmetrised similarity of every pair in a set, for one two-layer network.
-
-    Args:
-        X: (N, d) examples (each one both anchor and probe); Y: (N, K) their targets.
-        kind: ``"relative"`` (S_rel) or ``"kernel"`` (the kernelised form).
-    Returns:
-        (N, N) float64 symmetric matrix.
-    """
-    if kind not in ("relative", "kernel"):
-        raise ValueError(f"kind must be 'relative' or 'kernel', got {kind!r}")
-    dp, da = one_step_change(params, X, Y, X, lr, nonlinear, chunk_size=chunk_size)
-    if kind == "relative":
-        return symmetrise(relative_similarity(dp, da))
-    return symmetrise(kernelised_similarity(dp, two_layer_residuals(params, X, Y, nonlinear), lr))
-
-
-# --------------------------------------------------------------------------------------------
-# Synthetic manifolds with geodesic distances
-# --------------------------------------------------------------------------------------------
-def torus_data(n: int, major: float = 2.0, minor: float = 1.0, sectors: int = 2, seed: int = 0,
-               dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Points spread uniformly (in area) on a torus in R^3, labelled +-1 by alternating sectors of the long angle.
-
-    Returns:
-        X: (n, 3) points; y: (n,) labels in {-1, +1}; angles: (n, 2) (theta around the axis, phi around the tube).
-    """
-    if n < 2 or not (major > minor > 0) or sectors < 1:
-        raise ValueError(f"need n >= 2, major > minor > 0, sectors >= 1; got {n}, {major}, {minor}, {sectors}")
-    rng = np.random.default_rng(seed)
-    theta = rng.uniform(0, 2 * np.pi, n)
-    phi = np.empty(0)
-    while phi.size < n:  # area element (major + minor cos phi): rejection sampling
-        cand = rng.uniform(0, 2 * np.pi, 4 * n)
-        keep = rng.uniform(0, major + minor, cand.size) < major + minor * np.cos(cand)
-        phi = np.concatenate([phi, cand[keep]])
-    phi = phi[:n]
-    ring = major + minor * np.cos(phi)
-    X = np.stack([ring * np.cos(theta), ring * np.sin(theta), minor * np.sin(phi)], 1)
-    y = np.where(np.floor(theta / (2 * np.pi / (2 * sectors))) % 2 == 0, 1.0, -1.0) if sectors > 1 else np.ones(n)
-    return (torch.tensor(X, dtype=dtype), torch.tensor(y, dtype=dtype),
-            torch.tensor(np.stack([theta, phi], 1), dtype=dtype))
-
-
-def folded_boxes_data(n: int, length: float = 4.0, width: float = 1.0, fold_angle: float = 0.6 * np.pi,
-                      gap: float = 0.5, seed: int = 0, dtype: torch.dtype = torch.float64
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Two rectangles ``[0, length] x [0, width]``, each folded in the middle by ``fold_angle``, stacked ``gap`` apart.
-
-    Box ``+1`` and box ``-1`` are the same folded sheet shifted along z (so the two classes nest);
-    the geodesic distance between points of one box is their distance in the unfolded rectangle.
-
-    Returns:
-        X: (n, 3); y: (n,) box labels in {-1, +1}; flat: (n, 2) coordinates in the unfolded rectangle.
-    """
-    if n < 2 or length <= 0 or width <= 0 or not 0 < fold_angle < np.pi:
-        raise ValueError(f"need n >= 2, positive sizes and 0 < fold_angle < pi; got {n}, {length}, {width}, {fold_angle}")
-    rng = np.random.default_rng(seed)
-    u = rng.uniform(0, length, n)
-    v = rng.uniform(0, width, n)
-    y = np.where(rng.uniform(size=n) < 0.5, 1.0, -1.0)
-    half = length / 2
-    # Left half lies flat; the right half rises at (pi - fold_angle) from the fold line at u = half.
-    rise = np.pi - fold_angle
-    s = np.maximum(u - half, 0.0)
-    x_coord = np.minimum(u, half) + s * np.cos(rise) - half
-    z_coord = s * np.sin(rise) + np.where(y > 0, gap, -gap) / 2
-    X = np.stack([x_coord, v - width / 2, z_coord], 1)
-    return torch.tensor(X, dtype=dtype), torch.tensor(y, dtype=dtype), torch.tensor(np.stack([u, v], 1), dtype=dtype)
-
-
-def graph_geodesic_distances(X: torch.Tensor, sources: Sequence[int], n_neighbors: int = 10) -> np.ndarray:
-    """Geodesic distances along a sampled manifold: shortest paths in its k-nearest-neighbour graph.
-
-    Args:
-        X: (N, D) points densely sampling a connected manifold; sources: indices of the start points.
-    Returns:
-        (len(sources), N) distances (``inf`` where the graph is disconnected).
-    """
-    if n_neighbors < 1 or n_neighbors >= X.shape[0]:
-        raise ValueError(f"n_neighbors must be in 1..N-1, got {n_neighbors} for N={X.shape[0]}")
-    Xn = X.detach().cpu().double()
-    D = torch.cdist(Xn, Xn)
-    dist, nbr = D.topk(n_neighbors + 1, largest=False)
-    rows = np.repeat(np.arange(X.shape[0]), n_neighbors)
-    W = csr_matrix((dist[:, 1:].reshape(-1).numpy(), (rows, nbr[:, 1:].reshape(-1).numpy())), shape=(X.shape[0],) * 2)
-    return dijkstra(W, directed=False, indices=list(sources))
-
-
-def flat_geodesic_distances(flat: torch.Tensor, sources: Sequence[int]) -> np.ndarray:
-    """Euclidean distances in the unfolded coordinates (exact geodesics of a folded sheet). -> (S, N)."""
-    F = flat.detach().cpu().double()
-    return torch.cdist(F[list(sources)], F).numpy()
-
-
-# --------------------------------------------------------------------------------------------
-# Experiments
-# --------------------------------------------------------------------------------------------
-def elasticity_vs_geodesic(params: Params, X: torch.Tensor, y: torch.Tensor, geodesic: np.ndarray,
-                           anchors: Sequence[int], lr: float, nonlinear: bool,
-                           probe_mask: np.ndarray | None = None) -> dict:
-    """S_rel from each anchor to every point, against geodesic distance.
-
-    Args:
-        params: one two-layer network with scalar output; X: (N, d); y: (N,) targets.
-        geodesic: (A, N) distances from each anchor; probe_mask: optional (A, N) booleans of pairs to use.
-    Returns:
-        ``{"pearson": mean per-anchor Pearson(S_rel, geodesic), "pearson_each": [...],
-        "s_rel": (A, N) array, "pearson_pooled": Pearson over all pairs}``.
-    """
-    anchors = list(anchors)
-    dp, da = one_step_change(params, X[anchors], y[anchors, None], X, lr, nonlinear)
-    S = relative_similarity(dp, da).cpu().numpy()
-    mask = np.isfinite(geodesic) if probe_mask is None else (probe_mask & np.isfinite(geodesic))
-    mask[np.arange(len(anchors)), anchors] = False  # drop the anchor itself
-    each = [pearson(S[i][mask[i]], geodesic[i][mask[i]]) for i in range(len(anchors))]
-    return {"pearson": float(np.mean(each)), "pearson_each": each, "s_rel": S,
-            "pearson_pooled": pearson(S[mask], geodesic[mask])}
-
-
+EXPERIMENT = "local_elasticity"
 FASHION_NAMES = ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
-# (positive A, positive B, negative C, negative D). Pairs A, B on which pixel K-means is not already
-# perfect: a first run had two more tuples (trouser|sneaker, pullover|ankle boot) where every method scored ~1.
+ANCHOR_CLASS = 6  # shirts
+SIMILAR = (0, 2, 4)  # T-shirt, pullover, coat
+DISSIMILAR = (5, 8, 9)  # sandal, bag, ankle boot
+# (positive A, positive B, negative C, negative D) on Fashion-MNIST. He & Su's tuples are MNIST digits and
+# CIFAR-10 classes, which this book cannot load; these are Fashion-MNIST pairs on which pixel K-means is not
+# already perfect (two further tuples, trouser|sneaker and pullover|ankle boot, were dropped: every method ~1).
 SUPERCLASS_TUPLES = ((0, 8, 6, 5), (5, 7, 9, 1), (2, 3, 4, 8), (3, 5, 1, 7), (6, 1, 0, 8), (4, 8, 2, 5))
+TUPLE_REASONS = ("upper-body garment vs bag", "two kinds of footwear", "two upper-body garments",
+                 "garment vs footwear", "upper-body garment vs trousers", "upper-body garment vs bag")
+SDE_CLASSES = (1, 7, 8)  # trouser, sneaker, bag: three visually distinct classes (K = 3, as in the paper)
 
 
+@dataclass(frozen=True)
+class Config:
+    """Sizes of every experiment. Learning rates of standard-parametrised networks are for width 1000 and
+    scale as 1000 / width (their tangent kernel grows with the width)."""
+    profile: str = "quick"
+    # 1. synthetic manifolds (He & Su: n = 100, width 40960, batch 1, lr 1e-5, 20000 epochs)
+    donut_n: int = 100
+    donut_width: int = 1000
+    donut_epochs: int = 400
+    donut_batch: int = 10
+    donut_lr: float = 2e-3
+    donut_lr_linear: float = 2e-4
+    donut_lr_ntk: float = 0.05
+    donut_frames: int = 10
+    # 2-3. growth and class profile on Fashion-MNIST
+    fm_per_class: int = 20
+    fm_resize: int | None = 14
+    fm_width: int = 1000
+    fm_epochs: int = 300
+    fm_lr: float = 0.05
+    fm_lr_linear: float = 0.01
+    fm_lr_ntk: float = 0.5
+    fm_seeds: int = 3
+    fm_anchors: int = 20
+    fm_record_every: int = 25
+    probe_lr: float = 1e-3
+    # 4. clustering
+    sc_per_class: int = 50
+    sc_resize: int | None = 14
+    sc_width: int = 256
+    sc_epochs: int = 30
+    sc_lr: float = 0.8
+    sc_lr_linear: float = 0.2
+    sc_seeds: int = 5
+    sc_pca: int = 20
+    sc_tuples: tuple = SUPERCLASS_TUPLES
+    # 5. SDE fitted to a network
+    sde_per_class: int = 60
+    sde_resize: int = 7
+    sde_width: int = 128
+    sde_steps: int = 3000
+    sde_lr: float = 0.05
+    sde_windows: int = 30
+    sde_corruptions: tuple = (0.0, 0.3, 0.6, 0.9)
+    sde_record_every: int = 20
+    # 6. stability
+    st_train: int = 100
+    st_test: int = 200
+    st_removed: int = 20
+    st_width: int = 128
+    st_steps: int = 300
+    st_lr: float = 0.05
+    st_resize: int = 7
+    # the hand-set SDE's phase diagram
+    phase_ratios: tuple = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 1.75, 2.0)
+    phase_classes: tuple = (2, 3, 5, 10)
+    phase_times: tuple = (2.5, 5.0, 10.0)
+    phase_per_class: int = 30
+    phase_dim: int = 5
+    phase_dt: float = 0.05
+
+    @classmethod
+    def for_profile(cls, profile: str, smoke: bool = False) -> "Config":
+        check_profile(profile)
+        if profile == "quick":
+            cfg = cls(profile="quick")
+        elif profile == "full":
+            cfg = cls(profile="full", donut_width=40960, donut_frames=16, fm_per_class=100, fm_resize=None,
+                      fm_seeds=5, fm_anchors=50, sc_per_class=200, sc_resize=None, sc_width=1024, sc_seeds=10,
+                      sde_per_class=200, sde_resize=14, sde_width=512, sde_steps=10000, st_train=200, st_test=500,
+                      st_removed=50, st_width=512, st_steps=1000, phase_per_class=100, phase_dim=20, phase_dt=0.01)
+        else:  # paper: He & Su's width and data sizes where this book can reach them
+            cfg = cls(profile="paper", donut_width=40960, donut_epochs=2000, donut_batch=1, donut_lr=2e-4,
+                      donut_lr_linear=2e-5, donut_frames=16, fm_per_class=1000, fm_resize=None, fm_seeds=5,
+                      fm_anchors=100, fm_epochs=500, sc_per_class=1000, sc_resize=None, sc_width=4096, sc_seeds=10,
+                      sc_epochs=100, sde_per_class=1000, sde_resize=None, sde_width=1024, sde_steps=30000,
+                      st_train=500, st_test=1000, st_removed=100, st_width=1024, st_steps=2000,
+                      phase_per_class=100, phase_dim=20, phase_dt=0.01)
+        if smoke:
+            cfg = dataclasses.replace(cfg, donut_n=24, donut_width=32, donut_epochs=3, donut_frames=3,
+                                      fm_per_class=3, fm_resize=7, fm_width=16, fm_epochs=2, fm_seeds=2, fm_anchors=2,
+                                      fm_record_every=1, sc_per_class=4, sc_resize=7, sc_width=8, sc_epochs=1,
+                                      sc_seeds=2, sc_pca=2, sc_tuples=SUPERCLASS_TUPLES[:2], sde_per_class=4,
+                                      sde_width=8, sde_steps=40, sde_windows=2, sde_record_every=5, st_train=10,
+                                      st_test=6, st_removed=2, st_width=8, st_steps=3, phase_ratios=(0.5, 2.0),
+                                      phase_classes=(2,), phase_times=(1.0,), phase_per_class=3, phase_dim=2,
+                                      phase_dt=0.5)
+        return cfg
+
+    def peak_memory_bytes(self) -> int:
+        """Largest section: training activations and parameters (float32, plain SGD), the probe's chunk budget,
+        float64 copies of one network, the similarity/kernel matrices."""
+        d_fm = (self.fm_resize or 28) ** 2
+        d_sc = (self.sc_resize or 28) ** 2
+        n_fm, n_sc = 10 * self.fm_per_class, 4 * self.sc_per_class
+        sections = [
+            # donut: 3 networks one at a time, full data as one batch, float64
+            mlp_memory_bytes(1, self.donut_n, [3, self.donut_width, 1], self.donut_n, 8, 0)
+            + 4 * self.donut_n ** 2 * 8,
+            mlp_memory_bytes(self.fm_seeds, 32, [d_fm, self.fm_width, 10], n_fm, 4, 0)
+            + 2 * 8 * self.fm_width * (d_fm + 10) + 8 * n_fm * self.fm_width * 2,
+            mlp_memory_bytes(len(self.sc_tuples), 32, [d_sc, self.sc_width, 1], 2 * n_sc, 4, 0)
+            + 3 * 8 * (2 * self.sc_per_class) ** 2,
+            mlp_memory_bytes(len(self.sde_corruptions), 3 * self.sde_per_class,
+                             [(self.sde_resize or 28) ** 2, self.sde_width, 3], 0, 4, 0),
+            mlp_memory_bytes(1 + self.st_removed, self.st_train, [self.st_resize ** 2, self.st_width, 1],
+                             self.st_test, 4, 0),
+        ]
+        return int(max(sections) + PROBE_MEMORY_BYTES)
+
+    def expected_seconds(self) -> float:
+        """Rough time on the profile's machine (quick: measured on one CPU thread)."""
+        return {"quick": 100.0, "full": 500.0, "paper": 4 * 3600.0}[self.profile] * (0.05 if self.donut_n < 50 else 1)
+
+
+@dataclass
+class Result(JsonResult):
+    config: dict
+    synthetic: dict
+    growth: dict
+    class_profile: dict
+    clustering: dict
+    sde_fit: dict
+    stability: dict
+    phase: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Synthetic manifolds and kernels
+# --------------------------------------------------------------------------------------------
+def donut_experiment(cfg: Config, device: torch.device, progress: bool = True) -> dict:
+    """S_rel against the geodesic (angular) distance on He & Su's two rippled curves.
+
+    Three networks from the same seed, each trained by SGD on the squared loss: ReLU in the standard
+    parametrisation (He & Su's), ReLU in the NTK parametrisation, and the linear network (standard). For each,
+    the Pearson correlation (pooled over anchor/probe pairs of the positive class, as in the paper) at
+    initialisation and after training, and the relative change of the tangent kernel ``||Theta_T - Theta_0|| /
+    ||Theta_0||`` on the data.
+    """
+    X, y, t = donut_data(cfg.donut_n, seed=0)
+    X, y = X.to(device), y.to(device)
+    pos = torch.nonzero(y > 0).flatten().cpu()
+    geo = angular_distances(t, pos.tolist())  # (P, n)
+    scale = 1000.0 / cfg.donut_width
+    nets = {"relu_standard": (True, "standard", cfg.donut_lr * scale),
+            "relu_ntk": (True, "ntk", cfg.donut_lr_ntk),
+            "linear_standard": (False, "standard", cfg.donut_lr_linear * scale)}
+    probe_lr = 1e-4
+    frames = pos[:: max(1, len(pos) // cfg.donut_frames)][: cfg.donut_frames].tolist()
+    out = {"points": X.cpu(), "labels": y.cpu(), "angles": t, "frames": frames, "nets": {}}
+    posd = pos.to(device)
+    off = ~np.eye(len(pos), dtype=bool)
+
+    def measure(p: Params, nl: bool) -> tuple[float, np.ndarray]:
+        dp, da = one_step_change(p, X[posd], y[posd, None], X, probe_lr, nl)
+        S = relative_similarity(dp, da).cpu().numpy()  # (P, n)
+        Spp, Gpp = S[:, pos.numpy()], geo[:, pos.numpy()]
+        return pearson(Spp[off], Gpp[off]), S
+
+    for name, (nl, param, lr) in progress_bar(nets.items(), desc="donut", enabled=progress):
+        p0 = init_two_layer(1, 3, cfg.donut_width, 1, seed=0, dtype=torch.float64, device=device,
+                            parametrisation=param)
+        r0, _ = measure(p0, nl)
+        K0 = two_layer_ntk(p0, X, X, nl)[0]
+        hist = train_two_layer(p0, X, y[:, None], cfg.donut_epochs, lr, batch_size=cfg.donut_batch,
+                               nonlinear=nl, seed=0, progress=False)
+        p1 = hist["params"]
+        r1, S = measure(p1, nl)
+        K1 = two_layer_ntk(p1, X, X, nl)[0]
+        acc = float((two_layer_forward(p1, X, nl)[0, :, 0].sign() == y).double().mean())
+        out["nets"][name] = {"nonlinear": nl, "parametrisation": param, "lr": lr,
+                             "pearson_init": r0, "pearson_trained": r1, "train_accuracy": acc,
+                             "final_loss": hist["loss"][-1][0] if hist["loss"] else None,
+                             "kernel_change": float((K1 - K0).norm() / K0.norm()),
+                             "s_rel_frames": S[[pos.tolist().index(f) for f in frames]]}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# 2-3. Growth during training and the class profile (Fashion-MNIST)
+# --------------------------------------------------------------------------------------------
+def class_means_of_similarity(S: torch.Tensor, labels: torch.Tensor, anchors: torch.Tensor, classes: int) -> list[float]:
+    """Mean S_rel from the anchors to each class, leaving out each anchor's own entry. S: (A, N) -> [classes]."""
+    S = S.clone()
+    S[torch.arange(len(anchors)), anchors] = float("nan")
+    return [float(S[:, labels == c].nanmean()) for c in range(classes)]
+
+
+def growth_experiment(cfg: Config, device: torch.device, progress: bool = True) -> tuple[dict, dict]:
+    """S_rel from shirts to every Fashion-MNIST class, recorded along training, for three kinds of network
+    (ReLU standard parametrisation: ``fm_seeds`` runs; linear standard: ``fm_seeds`` runs; ReLU NTK: one run)."""
+    from .data import load_dataset
+
+    X, y = load_dataset("fashion-mnist", train=True, resize=cfg.fm_resize, per_class=cfg.fm_per_class, seed=0)
+    X, y = X.flatten(1).to(device), y.to(device)
+    Y = torch.nn.functional.one_hot(y, 10).to(X)
+    anchors = torch.nonzero(y == ANCHOR_CLASS).flatten()[: cfg.fm_anchors]
+    scale = 1000.0 / cfg.fm_width
+    nets = {"relu_standard": (True, "standard", cfg.fm_lr * scale, cfg.fm_seeds),
+            "linear_standard": (False, "standard", cfg.fm_lr_linear * scale, cfg.fm_seeds),
+            "relu_ntk": (True, "ntk", cfg.fm_lr_ntk, 1)}
+    out = {"classes": list(FASHION_NAMES), "anchor": FASHION_NAMES[ANCHOR_CLASS], "similar": list(SIMILAR),
+           "dissimilar": list(DISSIMILAR), "nets": {}}
+    for name, (nl, param, lr, runs) in progress_bar(nets.items(), desc="growth", enabled=progress):
+        rec = {"epochs": [], "profiles": [], "accuracy": []}
+
+        def record(epoch: int, p: Params, nl=nl, runs=runs, rec=rec) -> None:
+            if epoch % cfg.fm_record_every and epoch != cfg.fm_epochs:
+                return None
+            profs, accs = [], []
+            for r in range(runs):
+                one = select_run(p, r)
+                dp, da = one_step_change(one, X[anchors], Y[anchors], X, cfg.probe_lr, nl)
+                profs.append(class_means_of_similarity(relative_similarity(dp, da), y, anchors, 10))
+                accs.append(float((two_layer_forward(one, X, nl)[0].argmax(1) == y).double().mean()))
+            rec["epochs"].append(epoch)
+            rec["profiles"].append(profs)
+            rec["accuracy"].append(accs)
+            return None
+
+        p0 = init_two_layer(runs, X.shape[1], cfg.fm_width, 10, seed=0, device=device, parametrisation=param)
+        train_two_layer(p0, X, Y, cfg.fm_epochs, lr, batch_size=32, nonlinear=nl, seed=0, progress=False,
+                        callback=record)
+        prof = np.asarray(rec["profiles"])  # (T, runs, 10)
+        ratio = prof[:, :, ANCHOR_CLASS] / prof[:, :, list(DISSIMILAR)].mean(-1)  # (T, runs)
+        rec.update({"lr": lr, "parametrisation": param, "nonlinear": nl, "runs": runs, "ratio": ratio,
+                    "ratio_change": ratio[-1] / ratio[0]})
+        out["nets"][name] = rec
+    relu = np.asarray(out["nets"]["relu_standard"]["profiles"])
+    profile = {"classes": list(FASHION_NAMES), "anchor": FASHION_NAMES[ANCHOR_CLASS], "similar": list(SIMILAR),
+               "dissimilar": list(DISSIMILAR), "init": relu[0].mean(0), "trained": relu[-1].mean(0),
+               "trained_by_seed": relu[-1], "init_by_seed": relu[0],
+               "train_accuracy": out["nets"]["relu_standard"]["accuracy"][-1]}
+    return out, profile
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Clustering by elasticity: the super-class protocol
+# --------------------------------------------------------------------------------------------
 def superclass_data(X_all: torch.Tensor, y_all: torch.Tensor, tuples: Sequence[Sequence[int]], per_class: int,
                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Stack the binary super-class problems ``A u B (+1) vs C u D (-1)`` side by side.
@@ -520,175 +323,529 @@ def superclass_data(X_all: torch.Tensor, y_all: torch.Tensor, tuples: Sequence[S
 def superclass_experiment(X_all: torch.Tensor, y_all: torch.Tensor, tuples: Sequence[Sequence[int]],
                           per_class: int, width: int, epochs: int, lr: float, batch_size: int = 32,
                           probe_lr: float = 1e-2, pca_components: int = 20, seed: int = 0,
-                          device: torch.device | str = "cpu", progress: bool = True) -> list[dict]:
-    """He & Su's super-class protocol for several tuples at once.
+                          device: torch.device | str = "cpu", progress: bool = True,
+                          lr_linear: float | None = None) -> list[dict]:
+    """He & Su's super-class protocol for several tuples at once (one seed).
 
-    For each tuple ``(A, B, C, D)`` a two-layer ReLU network learns ``A u B`` against ``C u D`` (all
-    R networks train as one batched computation); then the positives are clustered back into A and B
-    with the network's local elasticity and with pixel baselines.
+    For each tuple ``(A, B, C, D)`` a two-layer network (NTK parametrisation) learns ``A u B`` against ``C u D``
+    (all tuples train as one batched computation); the positives are then clustered back into A and B by
+    K-means on the rows of the symmetrised S_rel matrix of: the trained ReLU network, the same network at
+    initialisation (``epochs=0`` gives only this), and a trained linear network; and by K-means on pixels and on
+    the top principal components.
 
     Returns:
         one row per tuple: classes, training accuracy and the clustering accuracy of each method.
     """
-    from . import clustering as cl
-
     X, Y, sub = superclass_data(X_all, y_all, tuples, per_class, seed)
     X, Y = X.to(device), Y.to(device)
     R, N, d = X.shape
     params = init_two_layer(R, d, width, 1, seed=seed, device=device)
-    hist = train_two_layer(params, X, Y, epochs, lr, batch_size=batch_size, seed=seed, progress=progress)
-    trained = hist["params"]
-    with torch.no_grad():
-        train_acc = (two_layer_forward(trained, X).sign() == Y).double().mean((1, 2)).tolist()
+    nets = {"initial": (params, True)}
+    if epochs > 0:
+        nets["relu"] = (train_two_layer(params, X, Y, epochs, lr, batch_size=batch_size, seed=seed,
+                                        progress=False)["params"], True)
+        nets["linear"] = (train_two_layer(params, X, Y, epochs, lr_linear or lr, batch_size=batch_size, seed=seed,
+                                          nonlinear=False, progress=False)["params"], False)
     rows = []
     n_pos = 2 * per_class
-    for r, t in enumerate(progress_bar(tuples, desc="clustering", enabled=progress)):
-        one = select_run(trained, r)
+    for r, t in enumerate(tuples):
         Xp, Yp = X[r, :n_pos], Y[r, :n_pos]
         truth = (sub[r, :n_pos] == t[1]).long().cpu().numpy()
-        dp, da = one_step_change(one, Xp, Yp, Xp, probe_lr)
-        S_rel = symmetrise(relative_similarity(dp, da))
-        K_el = symmetrise(kernelised_similarity(dp, two_layer_residuals(one, Xp, Yp), probe_lr))
-        ntk = two_layer_ntk(one, Xp, Xp)[0]
-        methods = {
-            "elasticity K-means (S_rel rows)": cl.kmeans_rows(S_rel, 2, seed),
-            "elasticity spectral (S_rel)": cl.spectral_clusters(S_rel, 2, seed),
-            "kernel K-means (kernelised)": cl.kernel_kmeans(K_el, 2, seed),
-            "kernel K-means (NTK)": cl.kernel_kmeans(ntk, 2, seed),
-            "pixel K-means": cl.pixel_kmeans(Xp, 2, seed),
-            f"PCA({pca_components}) + K-means": cl.pca_kmeans(Xp, 2, pca_components, seed),
-        }
-        row = {"tuple": [FASHION_NAMES[c] for c in t], "classes": list(t), "train_accuracy": train_acc[r],
-               "final_loss": hist["loss"][-1][r]}
-        row.update({name: cl.clustering_accuracy(truth, labels) for name, labels in methods.items()})
+        row = {"tuple": [FASHION_NAMES[c] for c in t], "classes": list(t), "seed": seed}
+        for name, (p, nl) in nets.items():
+            one = select_run(p, r)
+            with torch.no_grad():
+                out = two_layer_forward(one, X[r], nl)[0]
+            row[f"train_accuracy_{name}"] = float((out.sign() == Y[r]).double().mean())
+            row[f"final_loss_{name}"] = float(0.5 * ((out - Y[r]) ** 2).sum(-1).mean())
+            S = symmetrise(relative_similarity(*one_step_change(one, Xp, Yp, Xp, probe_lr, nl)))
+            row[f"elasticity_{name}"] = cl.clustering_accuracy(truth, cl.kmeans_rows(S, 2, seed))
+        row["pixel"] = cl.clustering_accuracy(truth, cl.pixel_kmeans(Xp, 2, seed))
+        row["pca"] = cl.clustering_accuracy(truth, cl.pca_kmeans(Xp, 2, pca_components, seed))
         rows.append(row)
     return rows
 
 
-def class_similarity_profile(X_all: torch.Tensor, y_all: torch.Tensor, classes: Sequence[int], anchor_class: int,
-                             per_class: int, width: int, epochs: int, lr: float, anchors: int = 20,
-                             probe_lr: float = 1e-2, seed: int = 0, device: torch.device | str = "cpu",
-                             progress: bool = True) -> dict:
-    """Mean S_rel from examples of ``anchor_class`` to examples of each class, for a network trained on ``classes``.
-
-    A two-layer ReLU network learns one-hot targets of ``classes`` with SGD on the squared loss;
-    ``anchors`` examples of ``anchor_class`` are stepped on and held-out-free probes of every class observed.
-    Returns:
-        ``{"classes": names, "mean_s_rel": [...], "std_s_rel": [...], "train_accuracy"}``.
-    """
-    if anchor_class not in classes:
-        raise ValueError(f"anchor_class {anchor_class} is not among classes {list(classes)}")
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.cat([torch.nonzero(y_all == c).flatten()[torch.randperm(int((y_all == c).sum()), generator=g)[:per_class]]
-                     for c in classes])
-    X = X_all[idx].flatten(1).to(device)
-    lab = torch.tensor([list(classes).index(int(c)) for c in y_all[idx]], device=device)
-    Y = torch.nn.functional.one_hot(lab, len(classes)).to(X) * 2 - 1
-    params = init_two_layer(1, X.shape[1], width, len(classes), seed=seed, device=device)
-    trained = train_two_layer(params, X, Y, epochs, lr, seed=seed, progress=progress)["params"]
-    with torch.no_grad():
-        acc = float((two_layer_forward(trained, X)[0].argmax(1) == lab).double().mean())
-    k = list(classes).index(anchor_class)
-    pos = torch.nonzero(lab == k).flatten()[:anchors]
-    dp, da = one_step_change(trained, X[pos], Y[pos], X, probe_lr)
-    S = relative_similarity(dp, da)  # (A, N)
-    keep = torch.ones_like(S, dtype=torch.bool)
-    keep[torch.arange(len(pos)), pos] = False  # drop each anchor's own entry
-    means, stds = [], []
-    for j in range(len(classes)):
-        vals = S[:, lab == j][keep[:, lab == j]]
-        means.append(float(vals.mean()))
-        stds.append(float(vals.std()))
-    return {"classes": [FASHION_NAMES[c] for c in classes], "anchor": FASHION_NAMES[anchor_class],
-            "mean_s_rel": means, "std_s_rel": stds, "train_accuracy": acc}
+def mean_interval(values: Sequence[float], level: float = 0.95) -> dict:
+    """Mean and Student-t confidence interval of independent values: ``{"mean", "low", "high", "n"}``."""
+    from scipy import stats
+    v = np.asarray(values, dtype=float)
+    if v.size < 2:
+        raise ValueError(f"need at least two values for an interval, got {v.size}")
+    half = stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
+    return {"mean": float(v.mean()), "low": float(v.mean() - half), "high": float(v.mean() + half), "n": int(v.size)}
 
 
-def synthetic_experiment(dataset: str, n: int, width: int, epochs: int, lr: float, anchors: int = 20,
-                         batch_size: int = 32, probe_lr: float = 1e-3, record_every: int = 1, seed: int = 0,
-                         device: torch.device | str = "cpu", progress: bool = True) -> dict:
-    """S_rel against geodesic distance on the torus or the folded boxes, ReLU network vs linear network.
-
-    Both networks are ``f(x) = sum_r a_r s(w_r.x)`` (no biases, NTK parametrisation) trained by plain SGD
-    on the squared loss; the linear one has ``s(h) = h``. The Pearson correlation of S_rel with the geodesic
-    distance is recorded every ``record_every`` epochs (pairs within one box for the folded boxes).
-
-    Returns:
-        ``{"dataset", "width", "relu": {...}, "linear": {...}, "geodesic": (1, n) distances from the first anchor,
-        "points": (n, 3), "labels": (n,), "anchors": [...]}`` where each network entry has
-        ``"pearson"`` (final, mean over anchors), ``"pearson_pooled"``, ``"s_rel"`` (1, n) from the first anchor, ``"epochs"``, ``"pearson_by_epoch"``, ``"loss"``.
-    """
-    if dataset == "torus":
-        X, y, _ = torus_data(n, major=1.0, minor=0.125, sectors=2, seed=seed)
-        anchor_idx = list(range(anchors))
-        geo = graph_geodesic_distances(X, anchor_idx, n_neighbors=10)
-        mask = None
-    elif dataset == "folded_boxes":
-        X, y, flat = folded_boxes_data(n, seed=seed)
-        anchor_idx = list(range(anchors))
-        geo = flat_geodesic_distances(flat, anchor_idx)
-        mask = (y[anchor_idx, None] == y[None, :]).numpy()
-    else:
-        raise ValueError(f"dataset must be 'torus' or 'folded_boxes', got {dataset!r}")
-    X, y = X.to(device), y.to(device)
-    out = {"dataset": dataset, "width": width, "geodesic": geo[:1], "points": X.cpu().numpy(), "labels": y.cpu().numpy(),
-           "anchors": anchor_idx}
-    for name, nonlinear in (("relu", True), ("linear", False)):
-        params = init_two_layer(1, 3, width, 1, seed=seed, dtype=torch.float64, device=device, bias=False)
-        record = lambda ep, p, nl=nonlinear: (
-            {"epoch": ep, "pearson": elasticity_vs_geodesic(p, X, y, geo, anchor_idx, probe_lr, nl, mask)["pearson"]}
-            if ep % record_every == 0 or ep == epochs else None)
-        hist = train_two_layer(params, X, y[:, None], epochs, lr, batch_size=batch_size, nonlinear=nonlinear,
-                               seed=seed, progress=progress, callback=record)
-        final = elasticity_vs_geodesic(hist["params"], X, y, geo, anchor_idx, probe_lr, nonlinear, mask)
-        recs = [e for e in hist["extra"] if e]
-        out[name] = {"pearson": final["pearson"], "pearson_pooled": final["pearson_pooled"], "s_rel": final["s_rel"][:1],
-                     "epochs": [e["epoch"] for e in recs], "pearson_by_epoch": [e["pearson"] for e in recs],
-                     "loss": [l[0] for l in hist["loss"]]}
-    return out
-
-
-PROFILES = {
-    "quick": {"synthetic": {"n": 800, "width": 512, "epochs": 8, "lr": 1.0, "anchors": 16, "record_every": 2},
-              "class_profile": {"per_class": 100, "width": 256, "epochs": 15, "lr": 0.5},
-              "superclass": {"per_class": 100, "width": 256, "epochs": 30, "lr": 0.8, "resize": 14},
-              "sde": {"per_class": 30, "dim": 5, "dt": 0.05}},
-    "full": {"synthetic": {"n": 2000, "width": 40960, "epochs": 20, "lr": 1.0, "anchors": 40, "record_every": 2},
-             "class_profile": {"per_class": 1000, "width": 2048, "epochs": 40, "lr": 0.5},
-             "superclass": {"per_class": 500, "width": 2048, "epochs": 60, "lr": 0.8, "resize": None},
-             "sde": {"per_class": 100, "dim": 20, "dt": 0.01}},
-}
-SDE_RATIOS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 1.75, 2.0)
-SDE_CLASSES = (2, 3, 5, 10)
-SDE_TIMES = (2.5, 5.0, 10.0)
-
-
-def run(profile: str, device: torch.device, progress: bool = True) -> dict:
-    """The chapter's numbers: synthetic manifolds, Fashion-MNIST similarity and super-class clustering, the SDE."""
-    from . import elastic_sde
+def clustering_experiment(cfg: Config, device: torch.device, progress: bool = True) -> dict:
     from .data import load_dataset
 
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
-    cfg = PROFILES[profile]
+    X_all, y_all = load_dataset("fashion-mnist", train=True, resize=cfg.sc_resize,
+                                per_class=cfg.sc_per_class * 3, seed=0)
+    rows = []
+    for seed in progress_bar(range(cfg.sc_seeds), desc="super-class seeds", enabled=progress):
+        rows += superclass_experiment(X_all, y_all, cfg.sc_tuples, cfg.sc_per_class, cfg.sc_width, cfg.sc_epochs,
+                                      cfg.sc_lr, pca_components=cfg.sc_pca, seed=seed, device=device,
+                                      progress=False, lr_linear=cfg.sc_lr_linear)
+    margins = {}
+    for method in ("elasticity_relu", "elasticity_linear", "elasticity_initial"):
+        for base in ("pixel", "pca"):
+            margins[f"{method}-{base}"] = mean_interval([r[method] - r[base] for r in rows])
+    per_tuple = []
+    for t, why in zip(cfg.sc_tuples, TUPLE_REASONS):
+        rs = [r for r in rows if r["classes"] == list(t)]
+        per_tuple.append({"tuple": rs[0]["tuple"], "why": why,
+                          **{m: float(np.mean([r[m] for r in rs])) for m in
+                             ("elasticity_relu", "elasticity_linear", "elasticity_initial", "pixel", "pca",
+                              "train_accuracy_relu")}})
+    return {"rows": rows, "margins": margins, "per_tuple": per_tuple, "seeds": cfg.sc_seeds}
+
+
+# --------------------------------------------------------------------------------------------
+# 5. The locally elastic SDE fitted to a network
+# --------------------------------------------------------------------------------------------
+def sde_trajectories(cfg: Config, device: torch.device) -> dict:
+    """Single-example SGD (cross-entropy) on K = 3 classes, one run per label-corruption level, all side by side.
+
+    Every step records the class stepped on (its training label), the logit gradient of that example
+    ``softmax(f(x)) - e_y`` and the class-mean logits ``Z_k`` (mean over the training examples whose training
+    label is k) of the whole training set, before and after the step.
+    """
+    from .data import load_dataset
+
+    X, y = load_dataset("fashion-mnist", train=True, resize=cfg.sde_resize, per_class=cfg.sde_per_class,
+                        classes=SDE_CLASSES, seed=0)
+    X = X.flatten(1).to(device)
+    N, K, R = X.shape[0], len(SDE_CLASSES), len(cfg.sde_corruptions)
+    g = torch.Generator().manual_seed(0)
+    labels = []
+    for p in cfg.sde_corruptions:  # corrupt a fraction p: replace by a uniformly random class
+        flip = torch.rand(N, generator=g) < p
+        labels.append(torch.where(flip, torch.randint(0, K, (N,), generator=g), y.cpu()))
+    labels = torch.stack(labels).to(device)  # (R, N)
+    onehot = torch.nn.functional.one_hot(labels, K).to(X)  # (R, N, K)
+    groups = onehot.transpose(1, 2) / onehot.sum(1)[:, :, None]  # (R, K, N) class-mean operator
+    p = {k: v for k, v in init_two_layer(R, X.shape[1], cfg.sde_width, K, seed=0, device=device,
+                                         parametrisation="standard").items() if k in TRAINED}
+    order = torch.randint(0, N, (cfg.sde_steps,), generator=g).to(device)
+
+    def class_means() -> torch.Tensor:
+        return torch.bmm(groups, two_layer_forward(p, X))  # (R, K, K)
+
+    Z = [class_means()]
+    sampled, grads = [], []
+    ar = torch.arange(R, device=device)
+    with torch.no_grad():
+        for s in range(cfg.sde_steps):
+            i = order[s]
+            x = X[i]  # (d,)
+            h = p["W"] @ x + p["b"]  # (R, m)
+            a = torch.relu(h)
+            f = torch.einsum("rm,rmk->rk", a, p["a"]) + p["c"]
+            gk = torch.softmax(f, 1) - onehot[:, i]  # (R, K)
+            dh = torch.einsum("rmk,rk->rm", p["a"], gk) * (h > 0)
+            p["a"] -= cfg.sde_lr * a[:, :, None] * gk[:, None, :]
+            p["c"] -= cfg.sde_lr * gk
+            p["W"] -= cfg.sde_lr * dh[:, :, None] * x[None, None, :]
+            p["b"] -= cfg.sde_lr * dh
+            sampled.append(labels[ar, i])
+            grads.append(gk)
+            Z.append(class_means())
+    return {"Z": torch.stack(Z, 1).double().cpu(), "sampled": torch.stack(sampled, 1).cpu(),
+            "grads": torch.stack(grads, 1).double().cpu(), "labels": labels.cpu(), "clean": y.cpu()}
+
+
+def sde_fit_experiment(cfg: Config, device: torch.device) -> dict:
+    tr = sde_trajectories(cfg, device)
+    K = len(SDE_CLASSES)
+    every = cfg.sde_record_every
+    runs = []
+    for r, p in enumerate(cfg.sde_corruptions):
+        Z = tr["Z"][r]  # (S + 1, K, K)
+        alpha, beta = elastic_sde.estimate_elasticity(Z[1:] - Z[:-1], tr["sampled"][r], tr["grads"][r],
+                                                      cfg.sde_lr, cfg.sde_windows)
+        weights = torch.bincount(tr["labels"][r], minlength=K).double()
+        sim = elastic_sde.simulate_logit_ode(Z[0], alpha, beta, cfg.sde_steps, cfg.sde_lr, weights)
+        contrast = lambda T: (T - T.mean(1, keepdim=True))  # remove the common mode of the classes
+        real_sep = [float(contrast(z).norm()) for z in Z[::every]]
+        runs.append({"corruption": p, "alpha": alpha, "beta": beta, "ratio": alpha / beta,
+                     "relative_error": elastic_sde.relative_trajectory_error(sim, Z),
+                     "real": Z[::every], "simulated": sim[::every], "separation": real_sep})
+    return {"classes": [FASHION_NAMES[c] for c in SDE_CLASSES], "steps": cfg.sde_steps, "lr": cfg.sde_lr,
+            "record_every": every, "windows": cfg.sde_windows, "runs": runs}
+
+
+# --------------------------------------------------------------------------------------------
+# 6. Locally elastic stability
+# --------------------------------------------------------------------------------------------
+def stability_experiment(cfg: Config, device: torch.device) -> dict:
+    """beta(z_i, z) for a two-layer ReLU network: full-batch gradient descent from one initialisation on the
+    whole training set and on each leave-one-out set (all side by side as one batched computation); z ranges over
+    held-out test points. Classes: sneaker (+1) vs ankle boot (-1), squared loss."""
+    from .data import load_dataset
+
+    per = (cfg.st_train + cfg.st_test) // 2 + 1
+    X, y = load_dataset("fashion-mnist", train=True, resize=cfg.st_resize, per_class=per, classes=(7, 9), seed=1)
+    X, Y = X.flatten(1).to(device), (1.0 - 2.0 * y.float()).to(device)[:, None]
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(y), generator=g).to(device)
+    tr, te = perm[: cfg.st_train], perm[cfg.st_train: cfg.st_train + cfg.st_test]
+    R = 1 + cfg.st_removed
+    mask = torch.ones(R, cfg.st_train, device=device)
+    mask[torch.arange(1, R), torch.arange(cfg.st_removed)] = 0.0  # run 1 + i drops training example i
+    p = {k: v.repeat(R, *([1] * (v.dim() - 1))).clone().requires_grad_(k in TRAINED)
+         for k, v in init_two_layer(1, X.shape[1], cfg.st_width, 1, seed=0, device=device,
+                                    parametrisation="standard").items()}
+    Xtr, Ytr = X[tr], Y[tr]
+    for _ in range(cfg.st_steps):
+        out = two_layer_forward(p, Xtr)
+        loss = ((0.5 * (out - Ytr) ** 2).sum(-1) * mask).sum(1) / mask.sum(1)
+        grads = torch.autograd.grad(loss.sum(), [p[k] for k in TRAINED])
+        with torch.no_grad():
+            for k, gk in zip(TRAINED, grads):
+                p[k] -= cfg.st_lr * gk
+    with torch.no_grad():
+        test_loss = 0.5 * ((two_layer_forward(p, X[te]) - Y[te]) ** 2).sum(-1)  # (R, Z)
+        train_out = two_layer_forward(p, Xtr)[0]
+    beta = (test_loss[1:] - test_loss[:1]).abs()  # (removed, Z)
+    consts = stab.stability_constants(beta)
+    loss_bound = float(test_loss.max())
+    m = cfg.st_train
+    return {"beta": beta, "constants": consts, "m": m, "loss_bound": loss_bound,
+            "bound_uniform": stab.stability_bound(consts["uniform"], m, loss_bound),
+            "bound_locally_elastic": stab.stability_bound(consts["locally_elastic"], m, loss_bound),
+            "train_accuracy": float((train_out.sign() == Ytr).double().mean()),
+            "test_accuracy": float((two_layer_forward(p, X[te])[0].sign() == Y[te]).double().mean()),
+            "median_over_sup": consts["median"] / consts["uniform"]}
+
+
+# --------------------------------------------------------------------------------------------
+# run
+# --------------------------------------------------------------------------------------------
+def run(config: Config, device: torch.device | str = "cpu", progress: bool = True) -> Result:
+    """Every experiment of the chapter, in the order of the notebook."""
     device = torch.device(device)
-    runs, results = [], {}
-    for dataset in ("torus", "folded_boxes"):
-        res = synthetic_experiment(dataset, **cfg["synthetic"], device=device, progress=progress)
-        results[dataset] = res
-        for net in ("relu", "linear"):
-            runs.append({"part": "synthetic", "dataset": dataset, "network": net, "width": res["width"],
-                         "pearson_s_rel_geodesic": res[net]["pearson"], "pearson_pooled": res[net]["pearson_pooled"]})
-    sc = cfg["superclass"]
-    X_all, y_all = load_dataset("fashion-mnist", train=True, device=device, resize=sc["resize"],
-                                per_class=max(sc["per_class"], cfg["class_profile"]["per_class"]), seed=0)
-    cp = cfg["class_profile"]
-    results["class_profile"] = class_similarity_profile(X_all, y_all, (6, 0, 2, 4, 5, 8), 6, cp["per_class"], cp["width"],
-                                                        cp["epochs"], cp["lr"], device=device, progress=progress)
-    rows = superclass_experiment(X_all, y_all, SUPERCLASS_TUPLES, sc["per_class"], sc["width"], sc["epochs"], sc["lr"],
-                                 device=device, progress=progress)
-    results["superclass"] = rows
-    runs += [{"part": "superclass", **r} for r in rows]
-    sde = cfg["sde"]
-    results["sde"] = {f"time={t}": elastic_sde.phase_transition(SDE_RATIOS, SDE_CLASSES, time=t, progress=progress, **sde)
-                      for t in SDE_TIMES}
-    return {"runs": runs, "results": results}
+    with torch_threads(1, device):  # small batched matrices: one thread is faster and avoids oversubscription
+        return _run(config, device, progress)
+
+
+def _run(config: Config, device: torch.device, progress: bool) -> Result:
+    torch.manual_seed(0)
+    synthetic = donut_experiment(config, device, progress)
+    growth, profile = growth_experiment(config, device, progress)
+    clustering = clustering_experiment(config, device, progress)
+    sde_fit = sde_fit_experiment(config, device)
+    stability = stability_experiment(config, device)
+    phase = {f"time={t}": elastic_sde.phase_transition(config.phase_ratios, config.phase_classes, time=t,
+                                                       per_class=config.phase_per_class, dim=config.phase_dim,
+                                                       dt=config.phase_dt, progress=False)
+             for t in config.phase_times}
+    return Result(config=dataclasses.asdict(config), synthetic=synthetic, growth=growth, class_profile=profile,
+                  clustering=clustering, sde_fit=sde_fit, stability=stability, phase=phase)
+
+
+# --------------------------------------------------------------------------------------------
+# Claims
+# --------------------------------------------------------------------------------------------
+def _torus(r: dict) -> dict:
+    nets = r["synthetic"]["nets"]
+    return {"relu_lazy": nets["relu_ntk"]["pearson_trained"],
+            "relu_feature_learning": nets["relu_standard"]["pearson_trained"],
+            "linear": nets["linear_standard"]["pearson_trained"]}
+
+
+def _growth(r: dict) -> dict:
+    nets = r["growth"]["nets"]
+    return {"relu_growth": float(np.median(nets["relu_standard"]["ratio_change"])),
+            "linear_change": float(np.max(np.abs(np.asarray(nets["linear_standard"]["ratio_change"]) - 1)))}
+
+
+def _class_order(r: dict) -> dict:
+    p = r["class_profile"]
+    m = np.asarray(p["trained"])
+    others = np.delete(m, ANCHOR_CLASS)
+    return {"own_minus_best_other": float(m[ANCHOR_CLASS] - others.max()),
+            "similar_minus_dissimilar": float(m[list(p["similar"])].min() - m[list(p["dissimilar"])].max())}
+
+
+def _sde(r: dict) -> dict:
+    runs = r["sde_fit"]["runs"]
+    ratios = [float(np.mean(np.asarray(x["ratio"])[len(x["ratio"]) // 2:])) for x in runs]
+    return {"error_clean": runs[0]["relative_error"],
+            "ratio_decreasing": float(all(a > b for a, b in zip(ratios, ratios[1:]))),
+            **{f"ratio_p{x['corruption']:g}": v for x, v in zip(runs, ratios)}}
+
+
+CLAIMS = [
+    Claim(id="le.torus", chapter=EXPERIMENT,
+          statement="After lazy training (tangent kernel nearly fixed), a ReLU network's relative similarity falls "
+                    "with geodesic distance on the two rippled curves while a linear network's is uncorrelated with it.",
+          source="He & Su (ICLR 2020), Section 3: synthetic manifolds, S_rel against geodesic distance "
+                 "(their code prints the Pearson correlation)",
+          paper_value="S_rel falls with geodesic distance for ReLU networks; linear networks show no such fall "
+                      "(correlation near 0)",
+          criterion="trained ReLU network in the NTK parametrisation (tangent kernel nearly fixed) Pearson(S_rel, "
+                    "geodesic) <= -0.85 and linear >= -0.5; the feature-learning (standard, larger step) ReLU "
+                    "network's value is reported, not tested",
+          check=_torus, holds=lambda m: m["relu_lazy"] <= -0.85 and m["linear"] >= -0.5),
+    Claim(id="le.growth", chapter=EXPERIMENT,
+          statement="Training makes a feature-learning network more locally elastic: the ratio of S_rel to the "
+                    "anchor's own class over S_rel to dissimilar classes grows, and a linear network's does not.",
+          source="He & Su (ICLR 2020), Section 3: local elasticity over the course of training",
+          paper_value="relative similarity to same-class examples rises during training, for nonlinear networks only",
+          criterion="median over seeds of ratio(end)/ratio(init) >= 1.3 for ReLU (standard parametrisation), and "
+                    "|ratio(end)/ratio(init) - 1| < 0.1 for every linear-network seed",
+          check=_growth, holds=lambda m: m["relu_growth"] >= 1.3 and m["linear_change"] < 0.1),
+    Claim(id="le.class_order", chapter=EXPERIMENT,
+          statement="After training, an SGD step on a shirt moves the shirts most, then the similar clothing "
+                    "classes, and the dissimilar classes least.",
+          source="He & Su (ICLR 2020), Section 3: relative similarity between classes of real images",
+          paper_value="own class first, similar classes next, dissimilar classes last",
+          criterion="own class has the largest mean S_rel and min(similar) > max(dissimilar)",
+          check=_class_order,
+          holds=lambda m: m["own_minus_best_other"] > 0 and m["similar_minus_dissimilar"] > 0, expected=False,
+          reason="the order similar > dissimilar holds, but on 14x14 Fashion-MNIST with 20 images per class a step on "
+                 "a shirt moves coats and pullovers at least as much as other shirts: the three upper-body classes "
+                 "are nearly indistinguishable at this resolution and sample size."),
+    Claim(id="le.clustering", chapter=EXPERIMENT,
+          statement="Clustering by a trained network's local elasticity separates the two classes of a super-class "
+                    "better than K-means on pixels.",
+          source="He & Su (ICLR 2020), Section 4: clustering with local elasticity (MNIST and CIFAR-10 tuples)",
+          paper_value="elasticity-based clustering outperforms K-means and PCA + K-means on the reported tuples",
+          criterion="95 % interval of the mean margin (elasticity K-means - pixel K-means) over tuples and seeds "
+                    "lies above 0",
+          check=lambda r: r["clustering"]["margins"]["elasticity_relu-pixel"],
+          holds=lambda m: m["low"] > 0, expected=False,
+          reason="on six Fashion-MNIST tuples (He & Su's MNIST and CIFAR-10 tuples cannot be loaded here) with five "
+                 "seeds, a 256-wide network trained for 30 epochs (training accuracy 0.8-0.93) gives elasticity "
+                 "K-means no advantage over pixel K-means on average: the interval of the margin contains 0, and "
+                 "the linear-network and at-initialisation controls score about the same."),
+    Claim(id="le.sde_fit", chapter=EXPERIMENT,
+          statement="The locally elastic ODE with coefficients fitted to a network reproduces its class-mean logits, "
+                    "and the intra/inter ratio falls as labels are corrupted.",
+          source="Zhang, Wang & Su (NeurIPS 2021), experiments: estimated LE-SDE against real logits, label corruption",
+          paper_value="LE-SDE trajectories match the real logits; alpha/beta decreases toward 1 as the corruption "
+                      "grows and separation disappears",
+          criterion="relative trajectory error <= 0.25 on clean labels and alpha/beta (mean over the second half of "
+                    "training) strictly decreasing in p in {0, 0.3, 0.6, 0.9}",
+          check=_sde, holds=lambda m: m["error_clean"] <= 0.25 and m["ratio_decreasing"] == 1.0, expected=False,
+          reason="our ODE is mean-field in the class means (softmax of the mean logit), which misses the spread within "
+                 "each class: on clean labels it is about 40 % off. alpha/beta is near 1 at p = 0.6 and 0.9 as in the "
+                 "paper, but at p = 0.3 it drops below 1: the mislabelled examples have the largest gradients and "
+                 "their true-class neighbours sit in other groups, so they dominate the least-squares fit; with alpha < beta "
+                 "the fitted ODE's trajectory there is more than ten times the size of the real one."),
+    Claim(id="le.stability", chapter=EXPERIMENT,
+          statement="Removing one training example changes the loss at most test points far less than the worst "
+                    "case, so the locally elastic constant is much smaller than the uniform one.",
+          source="Deng, He & Su (ICML 2021), locally elastic stability and its generalisation bound",
+          paper_value="for neural networks beta(z_i, z) is far below its supremum for most pairs, so the locally "
+                      "elastic bound is tighter than the uniform-stability bound",
+          criterion="median of beta(z_i, z) <= 0.5 x sup beta",
+          check=lambda r: r["stability"]["median_over_sup"], holds=lambda m: m <= 0.5),
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+NET_LABELS = {"relu_standard": "ReLU, standard", "relu_ntk": "ReLU, NTK param.", "linear_standard": "linear, standard"}
+
+
+def _res(result) -> dict:
+    return result.to_json() if hasattr(result, "to_json") else result
+
+
+def plot_donut_similarity(result):
+    """S_rel from one anchor against its angular distance, for the three trained networks."""
+    from .plotting import PALETTE, label, subplots
+    r = _res(result)["synthetic"]
+    t = np.asarray(r["angles"])
+    y = np.asarray(r["labels"])
+    anchor = r["frames"][0]
+    d = np.minimum(np.abs(t - t[anchor]), 2 * np.pi - np.abs(t - t[anchor]))
+    keep = (y > 0) & (np.arange(len(y)) != anchor)
+    fig, axes = subplots(1, 3, width=9.0, height=3.2)
+    for ax, (j, (name, net)) in zip(axes[0], enumerate(r["nets"].items())):
+        S = np.asarray(net["s_rel_frames"][0])
+        ax.scatter(d[keep], S[keep], s=8, color=PALETTE[j])
+        label(ax, "angular distance to the anchor (rad)", "S_rel (unitless)",
+              f"{NET_LABELS[name]}: Pearson {net['pearson_trained']:.2f}")
+    return fig
+
+
+def plot_kernels(result):
+    """Pearson(S_rel, geodesic) at initialisation and after training, and the tangent kernel's relative change."""
+    from .plotting import PALETTE, label, subplots
+    nets = _res(result)["synthetic"]["nets"]
+    names = list(nets)
+    xs = np.arange(len(names))
+    fig, axes = subplots(1, 2, width=9.0, height=3.4)
+    ax = axes[0, 0]
+    ax.bar(xs - 0.2, [nets[n]["pearson_init"] for n in names], 0.4, color=PALETTE[5], label="initialisation")
+    ax.bar(xs + 0.2, [nets[n]["pearson_trained"] for n in names], 0.4, color=PALETTE[0], label="trained")
+    ax.axhline(-0.85, color="gray", ls="--", lw=1)
+    ax.set_xticks(xs, [NET_LABELS[n] for n in names])
+    label(ax, "network", "Pearson(S_rel, geodesic) (unitless)")
+    ax.legend(loc="lower right", fontsize=8)
+    ax = axes[0, 1]
+    ax.bar(xs, [nets[n]["kernel_change"] for n in names], 0.5, color=PALETTE[1])
+    ax.set_xticks(xs, [NET_LABELS[n] for n in names])
+    label(ax, "network", "||Theta_T - Theta_0|| / ||Theta_0|| (unitless)")
+    return fig
+
+
+def plot_growth(result):
+    """Same-class over dissimilar-class S_rel along training, every seed of each network."""
+    from .plotting import PALETTE, label, subplots
+    nets = _res(result)["growth"]["nets"]
+    fig, axes = subplots(1, 1, width=7.0, height=3.6)
+    ax = axes[0, 0]
+    for j, (name, net) in enumerate(nets.items()):
+        ratio = np.asarray(net["ratio"])
+        for s in range(ratio.shape[1]):
+            ax.plot(net["epochs"], ratio[:, s], "o-", ms=3, color=PALETTE[j],
+                    label=NET_LABELS[name] if s == 0 else None)
+    label(ax, "epoch", "S_rel(shirts) / S_rel(sandal, bag, boot) (unitless)")
+    ax.legend()
+    return fig
+
+
+def _profile_order(p: dict) -> list[int]:
+    rest = [c for c in range(10) if c != ANCHOR_CLASS and c not in p["similar"] and c not in p["dissimilar"]]
+    return [ANCHOR_CLASS, *p["similar"], *rest, *p["dissimilar"]]
+
+
+def plot_class_profile(result):
+    """Mean S_rel from shirts to every class, at initialisation and after training (mean over seeds)."""
+    from .plotting import PALETTE, label, subplots
+    p = _res(result)["class_profile"]
+    order = _profile_order(p)
+    xs = np.arange(10)
+    fig, axes = subplots(1, 1, width=8.4, height=3.4)
+    ax = axes[0, 0]
+    ax.bar(xs - 0.2, np.asarray(p["init"])[order], 0.4, color=PALETTE[5], label="initialisation")
+    ax.bar(xs + 0.2, np.asarray(p["trained"])[order], 0.4, color=PALETTE[0], label="trained")
+    ax.set_xticks(xs, [p["classes"][c] for c in order], rotation=30)
+    label(ax, "class of the probe x' (own | similar | other | dissimilar)", "mean S_rel from shirts (unitless)")
+    ax.legend()
+    return fig
+
+
+def profile_frame(result, index: int):
+    """The class profile of the standard-parametrised ReLU network (mean over seeds) at the ``index``-th
+    recorded epoch (explorable frame); bars coloured own class | similar | other | dissimilar."""
+    from .plotting import PALETTE, label, subplots
+    r = _res(result)
+    g = r["growth"]["nets"]["relu_standard"]
+    p = r["class_profile"]
+    order = _profile_order(p)
+    vals = np.asarray(g["profiles"][index]).mean(0)[order]
+    colours = [PALETTE[1]] + [PALETTE[0]] * 3 + [PALETTE[7]] * 3 + [PALETTE[2]] * 3
+    fig, axes = subplots(1, 1, width=7.0, height=3.2)
+    ax = axes[0, 0]
+    ax.bar(np.arange(10), vals, color=colours)
+    ax.set_xticks(np.arange(10), [p["classes"][c] for c in order], rotation=30)
+    ax.set_ylim(0, max(np.asarray(g["profiles"]).mean(1).max() * 1.05, 1e-9))
+    label(ax, "class of the probe x' (own | similar | other | dissimilar)", "mean S_rel from shirts (unitless)",
+          f"epoch {g['epochs'][index]}, training accuracy {np.mean(g['accuracy'][index]):.2f}")
+    return fig
+
+
+def plot_clustering(result):
+    """Clustering accuracy per tuple (mean over seeds) and the margins over the baselines with 95 % intervals."""
+    from .plotting import PALETTE, label, subplots
+    c = _res(result)["clustering"]
+    methods = ("elasticity_relu", "elasticity_linear", "elasticity_initial", "pixel", "pca")
+    names = ("elasticity (ReLU)", "elasticity (linear)", "elasticity (init.)", "pixel K-means", "PCA + K-means")
+    fig, axes = subplots(1, 2, width=9.0, height=3.8, gridspec_kw={"width_ratios": [1.6, 1]})
+    ax = axes[0, 0]
+    xs = np.arange(len(c["per_tuple"]))
+    for j, (m, n) in enumerate(zip(methods, names)):
+        ax.bar(xs + (j - 2) * 0.16, [t[m] for t in c["per_tuple"]], 0.16, color=PALETTE[j], label=n)
+    ax.set_xticks(xs, [f"{t['tuple'][0]}\n{t['tuple'][1]}" for t in c["per_tuple"]], fontsize=8)
+    ax.set_ylim(0.5, 1.02)
+    label(ax, "positive classes A, B of each tuple", "clustering accuracy (fraction)")
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.28))
+    ax = axes[0, 1]
+    keys = list(c["margins"])
+    for j, k in enumerate(keys):
+        m = c["margins"][k]
+        ax.errorbar([m["mean"]], [j], xerr=[[m["mean"] - m["low"]], [m["high"] - m["mean"]]], fmt="o",
+                    color=PALETTE[j // 2], capsize=3)
+    ax.axvline(0, color="gray", ls="--", lw=1)
+    ax.set_yticks(range(len(keys)), [k.replace("elasticity_", "el. ").replace("-", " - ") for k in keys], fontsize=8)
+    label(ax, "accuracy margin, mean and 95 % interval (fraction)", "comparison")
+    return fig
+
+
+def plot_sde_fit(result):
+    """Real and simulated class-mean logits on clean labels, and alpha_hat / beta_hat for each corruption level."""
+    from .plotting import PALETTE, label, subplots
+    s = _res(result)["sde_fit"]
+    run0 = s["runs"][0]
+    real, sim = np.asarray(run0["real"]), np.asarray(run0["simulated"])
+    steps = np.arange(len(real)) * s["record_every"]
+    fig, axes = subplots(1, 2, width=9.0, height=3.6)
+    ax = axes[0, 0]
+    K = real.shape[1]
+    for k in range(K):
+        for j in range(K):
+            ax.plot(steps, real[:, k, j], color=PALETTE[k], lw=1.6 if j == k else 0.8,
+                    label=f"class {s['classes'][k]}" if j == k else None)
+            ax.plot(steps, sim[:, k, j], color=PALETTE[k], ls="--", lw=1.6 if j == k else 0.8)
+    label(ax, "SGD step", "class-mean logit (unitless)",
+          "clean labels: real (solid), fitted ODE (dashed)")
+    ax.legend(fontsize=7)
+    ax = axes[0, 1]
+    for j, run in enumerate(s["runs"]):
+        ratio = np.asarray(run["ratio"])
+        centres = (np.arange(len(ratio)) + 0.5) * s["steps"] / len(ratio)
+        ax.plot(centres, ratio, "o-", ms=3, color=PALETTE[j], label=f"p = {run['corruption']:g}")
+    ax.axhline(1.0, color="gray", ls="--", lw=1)
+    label(ax, "SGD step (window centre)", "alpha_hat / beta_hat (unitless)")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def plot_phase(result):
+    """The hand-set SDE: nearest-mean accuracy across alpha / beta for several K, and separation over time."""
+    from .plotting import PALETTE, label, subplots
+    sweeps = _res(result)["phase"]
+    times = list(sweeps)
+    fig, axes = subplots(1, 2, width=9.0, height=3.4)
+    last = sweeps[times[-1]]
+    for j, K in enumerate(sorted({r["classes"] for r in last})):
+        rs = [r for r in last if r["classes"] == K]
+        axes[0, 0].plot([r["ratio"] for r in rs], [r["accuracy"] for r in rs], "o-", color=PALETTE[j], label=f"K = {K}")
+    axes[0, 0].axvline(1.0, color="gray", ls="--")
+    label(axes[0, 0], "intra/inter elasticity alpha/beta (unitless)", "nearest-mean accuracy (fraction)",
+          times[-1].replace("time=", "T = "))
+    axes[0, 0].legend()
+    K0 = last[0]["classes"]
+    for j, t in enumerate(times):
+        rs = [r for r in sweeps[t] if r["classes"] == K0]
+        axes[0, 1].semilogy([r["ratio"] for r in rs], [r["separation"] for r in rs], "o-", color=PALETTE[j],
+                            label=t.replace("time=", "T = "))
+    axes[0, 1].axvline(1.0, color="gray", ls="--")
+    label(axes[0, 1], "intra/inter elasticity alpha/beta (unitless)", "separation (unitless, log scale)", f"K = {K0}")
+    axes[0, 1].legend()
+    return fig
+
+
+def plot_stability(result):
+    """Distribution of beta(z_i, z) with the uniform and locally elastic constants."""
+    from .plotting import PALETTE, label, subplots
+    st = _res(result)["stability"]
+    beta = np.asarray(st["beta"]).ravel()
+    c = st["constants"]
+    fig, axes = subplots(1, 1, width=7.0, height=3.4)
+    ax = axes[0, 0]
+    pos = beta[beta > 0]
+    bins = np.logspace(np.log10(pos.min()), np.log10(pos.max()), 40)
+    ax.hist(pos, bins=bins, color=PALETTE[0])
+    ax.set_xscale("log")
+    for v, name, col in ((c["median"], "median", PALETTE[2]), (c["locally_elastic"], "sup_i mean_z (LE)", PALETTE[1]),
+                         (c["uniform"], "sup (uniform)", PALETTE[7])):
+        ax.axvline(v, color=col, ls="--", label=f"{name} = {v:.2g}")
+    label(ax, "beta(z_i, z) = |change of the squared loss at z| (unitless)", "count of (i, z) pairs")
+    ax.legend(fontsize=8)
+    return fig
