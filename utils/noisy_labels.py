@@ -586,7 +586,7 @@ class Config:
         if profile == "quick":
             # 1,000 images at 14 x 14, one hidden layer of 512: 6 seeds x (plain, 3 RDI, 3 AUX) at
             # p = 0.4 plus 6 clean-label runs = 48 networks side by side.
-            cfg = cls(profile, resize=14, n_train=1000, n_val=500, n_test=1000, width=256, hidden_layers=1,
+            cfg = cls(profile, resize=14, n_train=1000, n_val=500, n_test=1000, width=512, hidden_layers=1,
                       epochs=100, milestones=(70,), lr=0.02, batch_size=32, lambdas=(2.0, 4.0, 8.0),
                       noise_rates=(0.4,), seeds=tuple(range(6)), dense_until=10, eval_every=5,
                       kernel_widths=(1024, 2048, 4096))
@@ -635,7 +635,7 @@ class Config:
 
     def expected_seconds(self) -> float:
         """Floating-point work over the profile machine's sustained rate (calibrated on the quick run:
-        about 10 GFLOP/s on one CPU core for these small batched products; 3 TFLOP/s on a T4)."""
+        about 40 GFLOP/s on one CPU core for these batched products; 3 TFLOP/s assumed on a T4)."""
         widths = [self.in_dim] + [self.width] * self.hidden_layers + [10]
         params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
         evals = len(evaluation_epochs(self.epochs, self.dense_until, self.eval_every))
@@ -644,7 +644,7 @@ class Config:
         kernel = sum(6 * 2 * self.kernel_steps * self.kernel_n * m * (self.in_dim + 10)
                      + 2 * (self.kernel_n * 10) * (self.kernel_n + self.kernel_n_test) * 10 * m
                      for m in self.kernel_widths)
-        rate = 1e10 if self.profile == "quick" else 3e12
+        rate = 4e10 if self.profile == "quick" else 3e12
         return (flops + kernel) / rate + 5.0
 
 
@@ -942,7 +942,7 @@ def plot_sweep(result: Result, noise: float | None = None):
     ax.set_xticks(lams, [f"{v:g}" for v in lams])
     ax.minorticks_off()
     label(ax, "lambda (log scale)", "final clean test accuracy (fraction)", f"p = {noise:g}")
-    ax.legend(loc="best", fontsize=7)
+    ax.legend(loc="center right", fontsize=7)
     return fig
 
 
@@ -956,7 +956,7 @@ def paired_rows(result: Result, noise: float | None = None) -> list[dict]:
     def add(name, values, lam=""):
         row = {"method": name, "lambda": lam, "mean": 100 * _mean(values),
                "sd": 100 * (statistics.stdev(values) if len(values) > 1 else 0.0)}
-        if len(values) > 1:
+        if len(values) > 1 and values is not es:
             d = paired_difference(values, es)
             row.update(diff=100 * d["mean"], low=100 * d["low"], high=100 * d["high"],
                        positive=f"{d['positive']} of {d['n']}")
@@ -982,29 +982,35 @@ PAIRED_COLUMNS = {"method": "method", "lambda": "lambda per seed", "mean": "test
 
 def plot_paired(result: Result, noise: float | None = None):
     """Per-seed differences to early stopping (dots) with their mean and 95 % interval."""
-    rows = [r for r in paired_rows(result, noise) if "diff" in r and not r["method"].startswith("early")]
+    rows = [r for r in paired_rows(result, noise) if "diff" in r]
     noise = result.config["headline_noise"] if noise is None else noise
     comp = result.comparison[str(noise)]
     es = comp["early_stopping"]["final"]
     per_seed = {"plain (last epoch)": comp["plain"]["final"]}
-    for method in ("distance_to_init", "auxiliary"):
-        per_seed[f"{NAMES[method]}, lambda by noisy validation"] = comp[method]["final_val"]
-        per_seed[f"{NAMES[method]}, lambda by test (optimistic)"] = comp[method]["final_test"]
+    short = {"plain (last epoch)": "plain (last epoch)", "clean labels (last epoch)": "clean labels"}
+    for method, tag in (("distance_to_init", "RDI"), ("auxiliary", "AUX")):
+        for key, how, name in (("final_val", "noisy validation", "validation"), ("final_test", "test (optimistic)", "test, optimistic")):
+            long = f"{NAMES[method]}, lambda by {how}"
+            per_seed[long] = comp[method][key]
+            short[long] = f"{tag}, lambda by {name}"
     if "clean" in comp:
         per_seed["clean labels (last epoch)"] = comp["clean"]["final"]
-    fig, axes = subplots(1, 1, width=7.0, height=0.55 * len(rows) + 1.2)
+    fig, axes = subplots(1, 1, width=8.0, height=0.5 * len(rows) + 1.4)
     ax = axes[0, 0]
     for i, r in enumerate(rows):
         diffs = [100 * (a - b) for a, b in zip(per_seed[r["method"]], es)]
         ax.scatter(diffs, [i] * len(diffs), color="gray", s=12, alpha=0.6, zorder=2)
         ax.errorbar([r["diff"]], [i], xerr=[[r["diff"] - r["low"]], [r["high"] - r["diff"]]], fmt="o",
-                    color=PALETTE[i % len(PALETTE)], capsize=4, zorder=3)
+                    color=next(COLORS[k] for k in ("plain", "clean", "distance_to_init", "auxiliary")
+                               if short[r["method"]].startswith({"distance_to_init": "RDI", "auxiliary": "AUX"}.get(k, k))),
+                    capsize=4, zorder=3)
     ax.axvline(0, color="black", lw=0.8)
     ax.axvline(-100 * MARGIN, color="gray", ls=":", lw=0.8)
-    ax.set_yticks(range(len(rows)), [r["method"] for r in rows])
+    ax.set_yticks(range(len(rows)), [short[r["method"]] for r in rows])
     ax.invert_yaxis()
     label(ax, "test accuracy minus early stopping's, same seed (points)", "",
-          f"p = {noise:g}: paired differences, mean and 95 % interval")
+          f"p = {noise:g}: differences to early stopping, mean and 95 % interval")
+    fig.tight_layout()
     return fig
 
 
