@@ -667,7 +667,7 @@ class Result(JsonResult):
 
 def kernel_check(config: Config, device: torch.device, checkpoint: Checkpoint | None = None) -> dict:
     """RDI and AUX at equal lambda in wide :class:`~utils.noisy_kernel.NTKNet` networks against kernel
-    ridge regression on each network's empirical NTK at initialisation (Hu, Li & Yu, Sec. 5).
+    ridge regression on each network's empirical NTK at initialisation (Hu, Li & Yu, Secs. 4-5).
 
     For every width: ``gap_aux_krr``, ``gap_rdi_krr``, ``gap_aux_rdi`` = relative Frobenius distance of
     the test outputs (``||f_a - f_b|| / ||f_krr - f0||``), the same on the training inputs, test
@@ -814,7 +814,7 @@ CLAIMS = [
     Claim(id="nl.memorise", chapter=EXPERIMENT,
           statement="Trained long enough on 40 % symmetrically flipped labels, a plain network fits almost all of "
                     "its noisy training labels and its clean test accuracy falls far below its best.",
-          source=f"{SOURCE}, Sec. 1 and Sec. 6; Zhang et al. (ICLR 2017)",
+          source=f"{SOURCE}, Sec. 1 and experiments (Table 1); Zhang et al. (ICLR 2017)",
           paper_value="over-parameterised networks fit any labelling; early stopping (84 % on CIFAR-10 at 60 % "
                       "noise) is far better than training to the end",
           criterion="at p = 0.4, mean over seeds: plain training fits >= 95 % of its noisy training labels and "
@@ -824,7 +824,7 @@ CLAIMS = [
           statement="With lambda chosen on the noisy validation split, distance to initialisation (RDI) and "
                     "auxiliary variables (AUX) each end about as accurate as early stopping or better, and all "
                     "three stay below training on clean labels.",
-          source=f"{SOURCE}, Sec. 6, Table 1",
+          source=f"{SOURCE}, experiments, Table 1",
           paper_value="AUX and RDI reach test accuracy comparable to early stopping at 20-60 % noise (CIFAR-10, "
                       "ResNet-34)",
           criterion=f"at p = 0.4, >= 6 seeds, paired means: AUX - ES >= -{MARGIN:g} and RDI - ES >= -{MARGIN:g} "
@@ -834,7 +834,7 @@ CLAIMS = [
           statement="In a wide two-layer network in the NTK parametrisation, RDI and AUX at equal lambda end at "
                     "the same function, kernel ridge regression on the network's empirical NTK, and the "
                     "agreement improves with width.",
-          source=f"{SOURCE}, Sec. 5 (Theorems 5.1 and 5.2)",
+          source=f"{SOURCE}, the NTK analysis of RDI and AUX (Secs. 4-5)",
           paper_value="both methods converge to kernel ridge regression with ridge lambda^2 as the width grows",
           criterion=f"widest network: relative test-output gaps AUX-KRR, RDI-KRR and AUX-RDI all <= "
                     f"{KERNEL_TOLERANCE:g}, and the largest below the narrowest network's largest",
@@ -1010,7 +1010,6 @@ def plot_paired(result: Result, noise: float | None = None):
     ax.invert_yaxis()
     label(ax, "test accuracy minus early stopping's, same seed (points)", "",
           f"p = {noise:g}: differences to early stopping, mean and 95 % interval")
-    fig.tight_layout()
     return fig
 
 
