@@ -1,4 +1,5 @@
 """The chapters as files: no stored outputs, the Colab cell in sync, a profile parameter."""
+import re
 from pathlib import Path
 
 import nbformat
@@ -38,3 +39,25 @@ def test_repository_address_lives_in_config():
     url = repository_url()
     assert url.startswith("https://github.com/")
     assert url in setup_cell_source()
+
+
+TICKET_WORDS = re.compile(r"\b(issues?|acceptance|done when)\b", re.I)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_house_style(path):
+    """A parameters cell, the claims table at the end, display math on its own lines, no ticket words."""
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    params = [c for c in code if "PROFILE = None" in c.source]
+    assert params and "parameters" in params[0].metadata.get("tags", []), f"{path.name}: PROFILE cell not tagged parameters"
+    assert "claims.report(" in code[-1].source, f"{path.name}: the last code cell must show the claims table"
+    assert not any("__import__(" in c.source for c in code), f"{path.name}: use an import statement"
+    for c in nb.cells:
+        if c.cell_type != "markdown":
+            continue
+        for line in c.source.splitlines():
+            if "$$" in line:
+                assert line.strip() == "$$", f"{path.name}: put $$ on its own line: {line.strip()[:80]!r}"
+        m = TICKET_WORDS.search(c.source)
+        assert not m, f"{path.name}: the book speaks of papers and claims, not {m.group(0)!r}: {c.source[:80]!r}"
