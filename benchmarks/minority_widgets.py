@@ -17,13 +17,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.widgets import LPMFigure  # noqa: E402
+from utils.widgets import PAPER_ENERGY, LPMFigure  # noqa: E402
 
 
 def time_moves(moves: list[tuple[float, int, float]], dpi: int = 80) -> tuple[np.ndarray, np.ndarray]:
     """(cpu seconds, wall seconds) per move of an :class:`LPMFigure` through ``moves`` of (R, K_A, E)."""
     fig = LPMFigure(10)
-    fig.update(10.0, 5, 9.0)
+    fig.update(10.0, 5, PAPER_ENERGY)
     fig.png(dpi)  # first draw: fonts, layout
     cpu, wall = [], []
     for R, KA, E in moves:
@@ -40,8 +40,8 @@ def main() -> int:
     parser.add_argument("--moves", type=int, default=20)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    r_moves = [(float(10 ** rng.uniform(0, 4)), 5, 9.0) for _ in range(args.moves)]
-    ka_moves = [(30.0, int(k), 9.0) for k in rng.permutation(np.arange(1, 9))]
+    r_moves = [(float(10 ** rng.uniform(0, 4)), 5, PAPER_ENERGY) for _ in range(args.moves)]
+    ka_moves = [(30.0, int(k), PAPER_ENERGY) for k in rng.permutation(np.arange(1, 9))]
     e_moves = [(30.0, 5, float(10 ** rng.uniform(0, 2))) for _ in range(args.moves // 2)]
     for name, moves in (("R slider", r_moves), ("K_A selector", ka_moves), ("E_W*E_H slider", e_moves)):
         cpu, wall = time_moves(moves)

@@ -1,4 +1,4 @@
-"""Interactive views of minority collapse: live ipywidgets for a kernel, a static slider for the website.
+"""Interactive views of minority collapse: live ipywidgets for a kernel, frames for the website.
 
 * :class:`LPMFigure` is one matplotlib figure (classifier cosine heatmap, a 2-D view of the
   classifiers, the minority-cosine-vs-R curve) whose artists are updated in place by
@@ -7,17 +7,13 @@
   ``E_W * E_H`` slider to that figure; the PNG goes into one ``ipywidgets.Image``, so a move
   swaps the pixels of one image: no flicker, no stacked outputs.  :func:`training_browser` does
   the same for real-training results by R.
-* :func:`static_slider_html` is the kernel-free version for the website: frames precomputed at
-  build time as base64 PNGs, switched by a plain ``<input type="range">`` and a few lines of
-  inline JavaScript (no CDN, no kernel).
+* :func:`draw_lpm` and :func:`draw_training_run` draw one frame each for
+  ``utils.explorable.explorable``, which shows a live slider in a kernel and precomputed frames
+  on the website.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
-import html
 import io
-import json
 import math
 from typing import Sequence
 
@@ -26,10 +22,11 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import PlaceHolderLayoutEngine as PlacedLayout
 
-from .minority_collapse import collapse_threshold, solve_symmetric_lpm
+from .minority_collapse import PAPER_E_H, PAPER_E_W, collapse_threshold, solve_symmetric_lpm
 from .plotting import PALETTE, use_book_style
 
 MAJORITY_COLOR, MINORITY_COLOR = PALETTE[0], PALETTE[1]
+PAPER_ENERGY = PAPER_E_W * PAPER_E_H  # only E_W * E_H matters; the paper's E_W = 1, E_H = 5
 
 
 def figure_png(fig: Figure, dpi: int = 80) -> bytes:
@@ -71,6 +68,8 @@ class LPMFigure:
 
     def __init__(self, num_classes: int = 10, ratios: Sequence[float] | None = None, width: float = 11.5,
                  height: float = 3.6):
+        if num_classes < 3:
+            raise ValueError(f"need K >= 3 classes, got {num_classes}")
         use_book_style()
         self.K = num_classes
         self.ratios = np.logspace(0, 4, 41) if ratios is None else np.asarray(ratios, dtype=float)
@@ -114,7 +113,7 @@ class LPMFigure:
         if key not in self._curves:
             e = math.sqrt(energy)
             cos = np.array([solve_symmetric_lpm(self.K, num_majority, R, e, e).minority_cosine for R in self.ratios])
-            self._curves[key] = (cos, collapse_threshold(self.K, num_majority, e, e, max_ratio=1e8, rel_precision=1e-2))
+            self._curves[key] = (cos, collapse_threshold(self.K, num_majority, e, e, max_ratio=1e8, rel_precision=1e-3))
         return self._curves[key]
 
     def update(self, ratio: float, num_majority: int, energy: float) -> None:
@@ -152,22 +151,51 @@ class LPMFigure:
         return out
 
 
-def lpm_explorer(num_classes: int = 10, ratio: float = 10.0, num_majority: int = 5, energy: float = 9.0,
-                 dpi: int = 80):
+def explorer_settings(num_classes: int = 10, ratio: float = 10.0, num_majority: int | None = None,
+                      energy: float = PAPER_ENERGY) -> dict:
+    """Validated settings of :func:`lpm_explorer`: K_A defaults to ``K // 2`` (at most K - 2, so that
+    two minority classes have a cosine), and the R slider spans 1..10^max(4, ceil(log10 R)) so the
+    requested R is on it.
+
+    Raises:
+        ValueError: K < 3, K_A outside 1..K-2, R < 1 or not finite, E_W * E_H not finite and positive.
+    """
+    K = int(num_classes)
+    if K < 3:
+        raise ValueError(f"the explorer needs K >= 3 classes (two minority classes have a cosine), got K = {K}")
+    KA = min(max(1, K // 2), K - 2) if num_majority is None else int(num_majority)
+    if not 1 <= KA <= K - 2:
+        raise ValueError(f"K_A = {KA} must lie in 1..K-2 = 1..{K - 2} (at least two minority classes)")
+    if not (math.isfinite(ratio) and ratio >= 1):
+        raise ValueError(f"imbalance ratio R must be a finite number >= 1, got {ratio}")
+    if not (math.isfinite(energy) and energy > 0):
+        raise ValueError(f"E_W * E_H must be finite and positive, got {energy}")
+    decades = max(4, math.ceil(math.log10(ratio) - 1e-12))
+    return {"num_classes": K, "num_majority": KA, "ratio": float(ratio), "energy": float(energy),
+            "max_decades": decades}
+
+
+def lpm_explorer(num_classes: int = 10, ratio: float = 10.0, num_majority: int | None = None,
+                 energy: float = PAPER_ENERGY, dpi: int = 80):
     """ipywidgets explorer of the LPM: log-scale R slider, K_A selector, ``E_W * E_H`` slider.
 
-    Returns an ``ipywidgets.VBox``; every change re-solves the symmetric LPM and replaces the
-    pixels of one ``Image`` widget.  Needs a running kernel (Jupyter, Colab).
+    Defaults: K = 10, K_A = K // 2, and the paper's budget E_W * E_H = 1 * 5. Returns an
+    ``ipywidgets.VBox``; every change re-solves the symmetric LPM and replaces the pixels of one
+    ``Image`` widget.  Needs a running kernel (Jupyter, Colab). Bad settings raise ``ValueError``
+    (:func:`explorer_settings`).
     """
     import ipywidgets as widgets
 
-    fig = LPMFigure(num_classes)
-    fig.update(ratio, num_majority, energy)
+    cfg = explorer_settings(num_classes, ratio, num_majority, energy)
+    K, KA, top = cfg["num_classes"], cfg["num_majority"], cfg["max_decades"]
+    fig = LPMFigure(K, ratios=np.logspace(0, top, 10 * top + 1))
+    fig.update(cfg["ratio"], KA, cfg["energy"])
     image = widgets.Image(value=fig.png(dpi), format="png")
-    r_slider = widgets.FloatLogSlider(value=ratio, base=10, min=0, max=4, step=0.05, description="R",
+    r_slider = widgets.FloatLogSlider(value=cfg["ratio"], base=10, min=0, max=top, step=0.05, description="R",
                                       continuous_update=False, readout_format=".3g")
-    ka_select = widgets.Dropdown(options=list(range(1, num_classes - 1)), value=num_majority, description="K_A")
-    e_slider = widgets.FloatLogSlider(value=energy, base=10, min=0, max=2, step=0.05, description="E_W·E_H",
+    ka_select = widgets.Dropdown(options=list(range(1, K - 1)), value=KA, description="K_A")
+    e_slider = widgets.FloatLogSlider(value=cfg["energy"], base=10, min=min(-1, math.floor(math.log10(energy))),
+                                      max=max(2, math.ceil(math.log10(energy))), step=0.05, description="E_W·E_H",
                                       continuous_update=False, readout_format=".3g")
     timing = widgets.Label()
 
@@ -248,75 +276,17 @@ def training_browser(rows: Sequence[dict], num_majority: int = 5, dpi: int = 80)
     return widgets.VBox([slider, image])
 
 
-# --------------------------------------------------------------------------- static website slider
+# --------------------------------------------------------------------------- explorable frames
 
-def static_slider_html(frames: Sequence[bytes], labels: Sequence[str], title: str, start: int = 0,
-                       alt: str = "precomputed figure") -> str:
-    """A kernel-free slider: ``<input type="range">`` switching precomputed PNG frames.
-
-    Args:
-        frames: PNG bytes, one per slider position.
-        labels: text shown beside the slider for each frame (e.g. ``"R = 10"``).
-        title: the slider's label.
-        start: the frame shown first.
-    Returns:
-        An HTML fragment (for ``IPython.display.HTML``) with inline JavaScript only; its element
-        ids derive from a hash of the content, so builds are reproducible and several sliders can
-        share a page.
-    """
-    if len(frames) == 0 or len(frames) != len(labels):
-        raise ValueError(f"need one label per frame and at least one frame, got {len(frames)} frames "
-                         f"and {len(labels)} labels")
-    if not 0 <= start < len(frames):
-        raise ValueError(f"start must index a frame (0..{len(frames) - 1}), got {start}")
-    encoded = [base64.b64encode(f).decode("ascii") for f in frames]
-    uid = "mc-slider-" + hashlib.sha1((title + "|".join(labels)).encode() + b"".join(frames)).hexdigest()[:10]
-    data = json.dumps({"frames": encoded, "labels": list(labels)})
-    esc = html.escape
-    return f"""<div class="mc-slider" id="{uid}" style="margin:0.5em 0">
-<div style="display:flex;align-items:center;gap:0.8em;flex-wrap:wrap">
-<label for="{uid}-range">{esc(title)}</label>
-<input type="range" class="mc-slider-range" id="{uid}-range" min="0" max="{len(frames) - 1}" step="1" value="{start}" style="width:18em">
-<output class="mc-slider-label" id="{uid}-label" for="{uid}-range">{esc(labels[start])}</output>
-</div>
-<img class="mc-slider-frame" id="{uid}-img" alt="{esc(alt)}" style="max-width:100%;height:auto" src="data:image/png;base64,{encoded[start]}">
-<script type="application/json" id="{uid}-data">{data}</script>
-<script>
-(function () {{
-  var data = JSON.parse(document.getElementById("{uid}-data").textContent);
-  var range = document.getElementById("{uid}-range");
-  var img = document.getElementById("{uid}-img");
-  var label = document.getElementById("{uid}-label");
-  function show() {{
-    var i = parseInt(range.value, 10);
-    img.src = "data:image/png;base64," + data.frames[i];
-    label.textContent = data.labels[i];
-  }}
-  range.addEventListener("input", show);
-  range.addEventListener("change", show);
-}})();
-</script>
-</div>"""
-
-
-def lpm_frames(ratios: Sequence[float] | None = None, num_classes: int = 10, num_majority: int = 5,
-               energy: float = 9.0, dpi: int = 70) -> tuple[list[bytes], list[str]]:
-    """PNG frames of :class:`LPMFigure` over ``ratios`` (default 1..10^4, quarter decades) and their labels."""
-    ratios = np.logspace(0, 4, 17) if ratios is None else np.asarray(ratios, dtype=float)
+def draw_lpm(ratio: float, num_classes: int = 10, num_majority: int = 5, energy: float = PAPER_ENERGY) -> Figure:
+    """The :class:`LPMFigure` at one R (a new ``Figure``, for ``utils.explorable.explorable``)."""
     fig = LPMFigure(num_classes)
-    frames, labels = [], []
-    for R in ratios:
-        fig.update(float(R), num_majority, energy)
-        frames.append(fig.png(dpi))
-        labels.append(f"R = {R:.3g}")
-    return frames, labels
+    fig.update(float(ratio), num_majority, energy)
+    return fig.fig
 
 
-def training_frames(rows: Sequence[dict], num_majority: int = 5, dpi: int = 70) -> tuple[list[bytes], list[str]]:
-    """PNG frames of :class:`TrainingFigure`, one per run, and the runs' names as labels."""
+def draw_training_run(rows: Sequence[dict], index: int, num_majority: int = 5) -> Figure:
+    """The :class:`TrainingFigure` of run ``index`` (a new ``Figure``, for ``utils.explorable.explorable``)."""
     fig = TrainingFigure(rows, num_majority)
-    frames = []
-    for i in range(len(rows)):
-        fig.update(i)
-        frames.append(fig.png(dpi))
-    return frames, [r["name"] for r in rows]
+    fig.update(index)
+    return fig.fig

@@ -47,14 +47,14 @@ def browser():
 
 
 def _state(driver, slider) -> tuple[str, str]:
-    container = slider.find_element("xpath", "./ancestor::div[contains(@class, 'mc-slider')][1]")
-    img = container.find_element("css selector", "img.mc-slider-frame")
-    text = container.find_element("css selector", ".mc-slider-label")
+    container = slider.find_element("xpath", "./ancestor::div[contains(@class, 'book-explorable')][1]")
+    img = container.find_element("css selector", "img.book-explorable-frame")
+    text = container.find_element("css selector", ".book-explorable-label")
     return img.get_attribute("src"), text.text
 
 
 def test_sliders_switch_frames_and_labels(browser):
-    sliders = browser.find_elements("css selector", "input[type=range].mc-slider-range")
+    sliders = browser.find_elements("css selector", "input[type=range].book-explorable-range")
     assert len(sliders) >= 2, "expected the LPM slider and the training-run slider on the page"
     for slider in sliders:
         browser.execute_script("arguments[0].scrollIntoView();", slider)

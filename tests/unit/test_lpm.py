@@ -51,3 +51,71 @@ def test_bad_inputs_raise(sizes, p, E_W, E_H, match):
     if match != "dimension":
         with pytest.raises(ValueError, match=match):
             solve_lpm_convex(sizes, E_W, E_H)
+
+
+@pytest.mark.parametrize("E_W,E_H", [(float("inf"), 1.0), (1.0, float("inf")), (float("nan"), 1.0)])
+def test_infinite_budgets_raise_instead_of_a_wrong_answer(E_W, E_H):
+    """With E_W = inf the infimum of the loss is 0 and has no minimiser: no solver may return a value."""
+    with pytest.raises(ValueError, match="finite and positive"):
+        solve_lpm([5, 5], 4, E_W, E_H)
+    with pytest.raises(ValueError, match="finite and positive"):
+        solve_lpm_convex([5, 5], E_W, E_H)
+    from utils import minority_collapse as mc
+    with pytest.raises(ValueError, match="finite and positive"):
+        mc.solve_symmetric_lpm(10, 5, 10.0, E_W, E_H)
+
+
+def test_one_solver_path_falls_back_to_scs_without_clarabel(monkeypatch):
+    """Without CLARABEL both the full SDP and the reduced program use SCS, and agree."""
+    import cvxpy as cp
+
+    from utils import minority_collapse as mc
+    monkeypatch.setattr(cp, "installed_solvers", lambda: ["SCS"])
+    mc._solve_symmetric_cached.cache_clear()
+    try:
+        full = solve_lpm_convex([3.0, 3.0, 1.0, 1.0], 1.0, 1.0)
+        assert full.info["solver"] == "SCS"
+        sym = mc.solve_symmetric_lpm(4, 2, 3.0, 1.0, 1.0)
+        assert sym.objective == pytest.approx(full.objective, abs=1e-4)
+    finally:
+        mc._solve_symmetric_cached.cache_clear()
+
+
+def test_minority_classifier_cosine_uses_the_shared_metrics():
+    from utils.lpm import minority_classifier_cosine
+    K = 4
+    G = etf_solution_gram(K, 1.0, 1.0)
+    assert minority_classifier_cosine(G, 2) == pytest.approx(-1 / (K - 1), abs=1e-12)
+    G0 = G.copy()
+    G0[2:4, :] = 0
+    G0[:, 2:4] = 0
+    assert np.isnan(minority_classifier_cosine(G0, 2))  # vanished minority classifiers: no direction
+
+
+# ----------------------------------------------------------------------------- claims
+
+def _result(etf_diff=1e-6, gap=1e-9, closed=1e-9, K=4):
+    return {"balanced": {"K": K, "max_etf_gram_difference": etf_diff},
+            "dimension": [{"p": p, "direct_objective": 0.5 + (gap if p >= K else 0.1), "sdp_objective": 0.5}
+                          for p in range(1, 2 * K + 1)],
+            "imbalanced": [{"sdp_objective": 0.3, "direct_objective_pK": 0.3 + gap, "direct_objective_p2K": 0.3}],
+            "budgets": [{"objective": 0.2 + closed, "closed_form": 0.2}]}
+
+
+def test_claim_lpm_etf_both_verdicts():
+    from utils import claims
+    c = claims.get("lpm.etf")
+    assert c.holds(c.check(_result(etf_diff=2e-4))) and not c.holds(c.check(_result(etf_diff=5e-3)))
+
+
+def test_claim_lpm_relaxation_both_verdicts():
+    from utils import claims
+    c = claims.get("lpm.relaxation")
+    assert c.check(_result(gap=1e-9)) == pytest.approx(1e-9)  # p < K (gap 0.1) is not counted
+    assert c.holds(c.check(_result(gap=1e-9))) and not c.holds(c.check(_result(gap=1e-4)))
+
+
+def test_claim_lpm_closed_form_both_verdicts():
+    from utils import claims
+    c = claims.get("lpm.closed_form")
+    assert c.holds(c.check(_result(closed=1e-8))) and not c.holds(c.check(_result(closed=1e-3)))
