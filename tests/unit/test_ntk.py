@@ -1,4 +1,5 @@
-"""Tests for utils.ntk: the closed-form kernel, the empirical NTK, the trainer and the kernel trajectory."""
+"""Tests for utils.ntk_kernels (closed-form kernel, trainer, kernel trajectory, label corruption) and the
+chapter module utils.ntk (profiles, claims)."""
 from __future__ import annotations
 
 import math
@@ -6,7 +7,8 @@ import math
 import pytest
 import torch
 
-from utils import ntk
+from utils import claims, ntk
+from utils import ntk_kernels as nk
 
 
 def unit_inputs(n: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -17,7 +19,7 @@ def unit_inputs(n: int, d: int, seed: int = 0) -> torch.Tensor:
 def test_h_infinity_is_the_large_width_average_of_the_empirical_ntk():
     X = unit_inputs(8, 6)
     H_inf = ntk.h_infinity(X)
-    draws = [ntk.empirical_ntk(*ntk.init_two_layer(20000, 6, kappa=0.5, seed=s, dtype=torch.float64), X)
+    draws = [ntk.two_layer_empirical_ntk(*ntk.init_two_layer(20000, 6, kappa=0.5, seed=s, dtype=torch.float64), X)
              for s in range(5)]
     H_mc = torch.stack(draws).mean(0)
     assert (H_mc - H_inf).abs().max() < 1e-2
@@ -37,7 +39,7 @@ def test_torch_func_ntk_equals_hand_written_gradient_outer_product():
     m = W.shape[0]
     J = torch.stack([(a * (W @ x > 0))[:, None] * x[None, :] / math.sqrt(m) for x in X]).reshape(5, -1)
     by_hand = J @ J.T
-    assert torch.allclose(ntk.empirical_ntk(W, a, X), by_hand, atol=1e-12)
+    assert torch.allclose(ntk.two_layer_empirical_ntk(W, a, X), by_hand, atol=1e-12)
     assert torch.allclose(ntk.ntk_from_gradient(W, a, X), by_hand, atol=1e-12)
 
 
@@ -137,7 +139,68 @@ def test_bad_inputs_raise():
         ntk.complexity_measure(ntk.h_infinity(torch.cat([X, X[:1]])), torch.ones(5))
 
 
-def test_html_table_escapes_and_counts_cells():
-    out = ntk.html_table(["a<b", "c"], [[1, "x&y"], [2, 3]])
-    assert out.count("<tr>") == 3 and out.count("<td>") == 4
-    assert "a&lt;b" in out and "x&amp;y" in out
+def test_corrupt_labels_are_nested_and_end_at_random_labels():
+    y = torch.tensor([1.0] * 50 + [-1.0] * 50)
+    assert torch.equal(nk.corrupt_labels(y, 0.0, seed=2), y)
+    assert torch.equal(nk.corrupt_labels(y, 1.0, seed=2), nk.random_labels(y, seed=2))
+    low, high = nk.corrupt_labels(y, 0.3, seed=2), nk.corrupt_labels(y, 0.6, seed=2)
+    assert ((low != y) <= (high != y)).all()              # flipped at 30 % stays flipped at 60 %
+    assert 0.05 < float((high != y).float().mean()) < 0.6
+    with pytest.raises(ValueError, match="fraction"):
+        nk.corrupt_labels(y, 1.5)
+
+
+def test_config_profiles_and_memory():
+    with pytest.raises(ValueError, match="quick"):
+        ntk.Config.for_profile("huge")
+    quick, full = ntk.Config.for_profile("quick"), ntk.Config.for_profile("full")
+    assert full.peak_memory_bytes() <= 12 * 2**30
+    assert max(full.widths) == full.long_width                 # the widest network is trained to zero loss
+    assert ntk.Config.for_profile("paper", smoke=True).profile == "paper"
+    assert quick.expected_seconds() <= 90
+
+
+def _runs(true_complexity=1.24, random_complexity=5.7, true_steps=1000, random_steps=6000, slope=-0.5):
+    rows = [{"labels": "true", "complexity": true_complexity, "steps_to_1pct": true_steps, "width": 10},
+            {"labels": "random", "complexity": random_complexity, "steps_to_1pct": random_steps, "width": 10}]
+    return {"runs": rows, "weight_change_slope": {"true": slope, "random": slope}}
+
+
+def test_claim_lazy_both_verdicts():
+    c = claims.get("ntk.lazy")
+    assert c.holds(c.check(_runs(slope=-0.48)))
+    assert not c.holds(c.check(_runs(slope=-0.2)))
+
+
+def test_claim_labels_both_verdicts():
+    c = claims.get("ntk.labels")
+    good = {**_runs(), "corruption": {"complexity": [1.2, 2.0, 3.5, 5.7], "steps_to_1pct": [1000, 2000, 4000, 6000]}}
+    assert c.holds(c.check(good))
+    not_monotone = {**good, "corruption": {"complexity": [1.2, 2.0, 1.9, 5.7], "steps_to_1pct": [1000, 2000, 4000, 6000]}}
+    assert not c.holds(c.check(not_monotone))                 # a 5 % dip is more than noise
+    saturated = {**good, "corruption": {"complexity": [1.2, 2.0, 5.76, 5.74], "steps_to_1pct": [1000, 2000, 6480, 6390]}}
+    assert c.holds(c.check(saturated))                          # dips of 0.3 % and 1.4 %: within the stated 2 %
+    too_close = {**_runs(random_complexity=2.0), "corruption": good["corruption"]}
+    assert not c.holds(c.check(too_close))
+
+
+def test_claim_vacuous_both_verdicts():
+    c = claims.get("ntk.vacuous")
+    assert c.holds(c.check(_runs(true_complexity=1.24)))
+    assert not c.holds(c.check(_runs(true_complexity=0.3)))
+
+
+def test_claim_gap_both_verdicts():
+    c = claims.get("ntk.gap")
+    errors = lambda v, g: {"cntk": {"errors": {"random": {"vanilla": v, "gap": g}, "centre": {"vanilla": .2, "gap": .2}}}}
+    assert c.holds(c.check(errors(0.59, 0.23)))
+    assert not c.holds(c.check(errors(0.25, 0.23)))
+
+
+def test_claim_zero_loss_both_verdicts():
+    c = claims.get("ntk.zero_loss")
+    long = lambda f, net: {"long_run": {"final_loss_fraction": f, "steps_to_1pct_network": net,
+                                        "steps": [0, 10, 100, 841], "kernel_loss_fraction": [1, .2, .05, .009]}}
+    m = c.check(long(0.004, 1259))
+    assert c.holds(m) and m["kernel_steps_to_1pct"] == 841 and m["network_steps_to_1pct"] == 1259
+    assert not c.holds(c.check(long(0.085, None)))
