@@ -274,7 +274,7 @@ CLAIMS = [
     Claim(id="dl.scale", chapter=EXPERIMENT,
           statement="Shrinking the starting scale lowers depth 2's test error several-fold, and at every "
                     "starting scale depth 3 is no worse than depth 2.",
-          source=f"{PAPER}, Figure 2 (reconstruction error against the standard deviation of initialisation)",
+          source=f"{PAPER}, Figure 2 (reconstruction error against the initialisation scale)",
           paper_value="error falls as the initialisation shrinks; deeper factorisations reach low error at "
                       "larger initialisations",
           criterion="m = 2000: median depth-2 error at the largest / at the smallest scale >= 5; median "
