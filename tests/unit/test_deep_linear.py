@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from utils.deep_linear import (effective_rank, end_to_end, half_height_steps, hessian_bound, init_factors,
-                               low_rank_ground_truth, nuclear_norm_completion, observation_mask, test_error,
-                               train_deep_factorization)
-
-# pytest would otherwise try to collect the imported metric as a test
-test_error.__test__ = False
+from utils import claims
+from utils import deep_linear as dl
+from utils import deep_linear_math as dl_math
+from utils.deep_linear_gd import end_to_end, hessian_bound, train_deep_factorization
+from utils.deep_linear_math import (effective_rank, half_height_times, init_factors, low_rank_ground_truth,
+                                    nuclear_norm_completion, observation_mask, reconstruction_error)
 
 
 @pytest.mark.parametrize("rank", [1, 3, 7])
@@ -37,7 +37,7 @@ def test_depth_one_from_zero_leaves_unobserved_entries_at_zero() -> None:
     run = train_deep_factorization(target, mask, depth=1, init_scale=0.0, init_seeds=[0], max_steps=500)
     assert torch.all(run.product[(1 - mask).bool()] == 0)
     assert run.losses[0, -1].item() < 1e-6
-    assert test_error(run.product, target, mask).item() == pytest.approx(1.0, abs=1e-12)
+    assert reconstruction_error(run.product, target, mask).item() == pytest.approx(1.0, abs=1e-12)
 
 
 def test_batched_trainer_matches_unbatched_loop() -> None:
@@ -83,9 +83,11 @@ def test_gradient_descent_reaches_small_loss_and_low_rank() -> None:
     run = train_deep_factorization(targets, masks, depth=3, init_scale=1e-2, init_seeds=[0], max_steps=3000)
     assert run.losses[0, -1].item() < 1e-6
     assert effective_rank(run.product).item() < 2.5
-    assert test_error(run.product, targets, masks).item() < 0.05
-    steps = half_height_steps(run.singular_values, run.record_steps, top=2)
+    assert reconstruction_error(run.product, targets, masks).item() < 0.05
+    steps = half_height_times(run.singular_values, run.record_steps.double(), top=2)
     assert steps.shape == (1, 2) and steps[0, 0] <= steps[0, 1]
+    times = half_height_times(run.singular_values, run.record_times, top=2)
+    assert times.shape == (1, 2) and 0 < times[0, 0] <= times[0, 1] <= run.record_times[0, -1]
 
 
 def test_nuclear_norm_reproduces_a_fully_observed_matrix() -> None:
@@ -111,3 +113,116 @@ def test_bad_inputs_raise() -> None:
         effective_rank(torch.zeros(3, 3))
     with pytest.raises(ValueError, match="same 2-D shape"):
         nuclear_norm_completion(torch.zeros(3, 3), torch.ones(3, 4))
+
+
+def test_half_height_times_interpolates_between_records() -> None:
+    sv = torch.tensor([[[0.0, 0.0], [1.0, 0.2], [2.0, 1.0], [2.0, 2.0]]], dtype=torch.float64)  # (1, T=4, k=2)
+    clock = torch.tensor([0.0, 10.0, 20.0, 30.0], dtype=torch.float64)
+    # value 0 reaches half of 2 (= 1) at t = 10 exactly; value 1 crosses 1 at t = 20
+    assert torch.allclose(half_height_times(sv, clock, top=2), torch.tensor([[10.0, 20.0]], dtype=torch.float64))
+    sv2 = torch.tensor([[[0.0], [4.0]]], dtype=torch.float64)
+    assert torch.allclose(half_height_times(sv2, torch.tensor([0.0, 8.0]), top=1), torch.tensor([[4.0]],
+                                                                                                 dtype=torch.float64))
+    with pytest.raises(ValueError, match="records"):
+        half_height_times(sv, clock[:3])
+
+
+def test_per_run_scales_equal_runs_drawn_one_by_one() -> None:
+    both = init_factors(2, 5, [0.1, 1e-3], [3, 4])
+    alone = init_factors(2, 5, 1e-3, [4])
+    assert torch.allclose(both[1][1], alone[1][0], rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="one per run"):
+        init_factors(2, 5, [0.1], [3, 4])
+
+
+def test_smaller_start_lowers_depth_two_error() -> None:
+    """The phenomenon at toy size: depth 2 from a smaller start completes a low-rank matrix better."""
+    n = 20
+    target = low_rank_ground_truth(n, 1, seed=2)[None].repeat(2, 1, 1)
+    mask = observation_mask(n, 90, seed=2)[None].repeat(2, 1, 1)
+    run = train_deep_factorization(target, mask, depth=2, init_scale=[0.3, 1e-4], init_seeds=[0, 0],
+                                   max_steps=4000, tol=1e-7)
+    err = reconstruction_error(run.product, target, mask)
+    assert err[1] < 0.5 * err[0]
+
+
+# ------------------------------------------------------------------ claims: both verdicts
+def _fake(depth_err: dict, nn_err: float = 0.3, nn_norm: float = 1.0, gd_norm: float = 1.05,
+          halves: dict | None = None) -> dict:
+    """A results dict with one seed: ``depth_err[(depth, scale)] -> error``."""
+    halves = halves or {}
+    runs = [{"depth": d, "observed": 2000, "scale": s, "seed": 0, "reconstruction_error": e,
+             "nuclear_norm": gd_norm, "half_times": halves.get(d, [1.0, 1.0, 1.0, 1.0, 1.0]),
+             "half_steps": [1, 1, 1, 1, 1]} for (d, s), e in depth_err.items()]
+    return {"config": {"observed": [2000], "scales": [1e-3, 1e-8], "default_scale": 1e-3},
+            "runs": runs, "nuclear": [{"observed": 2000, "seed": 0, "reconstruction_error": nn_err,
+                                       "nuclear_norm": nn_norm}]}
+
+
+def _grid(err2=(0.4, 0.01), err3=(0.01, 0.004), err4=(0.01, 0.004), err1=(1.0, 1.0)):
+    out = {}
+    for d, errs in ((1, err1), (2, err2), (3, err3), (4, err4)):
+        out.update({(d, 1e-3): errs[0], (d, 1e-8): errs[1]})
+    return out
+
+
+def test_claim_dl_depth_both_verdicts() -> None:
+    c = claims.get("dl.depth")
+    assert c.holds(c.check(_fake(_grid())))
+    assert not c.holds(c.check(_fake(_grid(err3=(0.05, 0.004)))))
+    assert not c.holds(c.check(_fake(_grid(), nn_err=0.01)))
+
+
+def test_claim_dl_scale_both_verdicts() -> None:
+    c = claims.get("dl.scale")
+    assert c.holds(c.check(_fake(_grid())))
+    assert not c.holds(c.check(_fake(_grid(err2=(0.04, 0.01)))))          # falls only 4x
+    assert not c.holds(c.check(_fake(_grid(err3=(0.5, 0.004)))))          # depth 3 worse than depth 2
+
+
+def test_claim_dl_not_nuclear_both_verdicts() -> None:
+    c = claims.get("dl.not_nuclear")
+    assert c.holds(c.check(_fake(_grid(), nn_err=0.3, gd_norm=1.05)))
+    assert not c.holds(c.check(_fake(_grid(), nn_err=0.3, gd_norm=0.99)))  # not above the minimum
+    assert not c.holds(c.check(_fake(_grid(), nn_err=0.02)))               # only 5x better
+
+
+def test_claim_dl_nuclear_trend_both_verdicts() -> None:
+    c = claims.get("dl.nuclear_trend")
+    assert not c.expected and c.reason
+
+    def trend(norm_largest: float, norm_smallest: float) -> dict:
+        res = _fake(_grid())
+        for r in res["runs"]:
+            r["nuclear_norm"] = norm_largest if r["scale"] == 1e-3 else norm_smallest
+        return res
+
+    assert c.holds(c.check(trend(1.02, 1.10)))                      # excess grows 5x: moves away
+    assert not c.holds(c.check(trend(1.017, 1.018)))                # flat a little above the minimum
+    assert c.check(trend(1.02, 1.10))["excess_growth"] == pytest.approx(5.0)
+
+
+def test_claim_dl_incremental_both_verdicts() -> None:
+    c = claims.get("dl.incremental")
+    spread = [1.0, 1.5, 2.0, 2.5, 3.0]
+    assert c.holds(c.check(_fake(_grid(), halves={2: spread, 3: spread, 4: spread})))
+    assert not c.holds(c.check(_fake(_grid(), halves={2: [1, 1, 1, 1, 1.1], 3: spread, 4: spread})))
+    assert not c.holds(c.check(_fake(_grid(), halves={1: spread, 2: spread, 3: spread, 4: spread})))
+
+
+def test_config_profiles_and_memory() -> None:
+    full = dl.Config.for_profile("full")
+    assert full.observed == (2000, 5000) and len(full.scales) == 6 and len(full.seeds) == 5
+    assert 0 < full.peak_memory_bytes() < 12 * 2**30
+    with pytest.raises(ValueError, match="quick"):
+        dl.Config.for_profile("huge")
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_factor_scale_gives_the_end_to_end_scale(depth: int) -> None:
+    n, scale = 60, 1e-4
+    factors = init_factors(depth, n, dl_math.factor_scale(scale, depth, n), [0, 1, 2, 3])
+    fro = torch.linalg.matrix_norm(end_to_end(factors))
+    assert 0.7 < float(fro.mean()) / (scale / n ** 0.5) < 1.3
+    with pytest.raises(ValueError, match="scale"):
+        dl_math.factor_scale(-1.0, depth, n)

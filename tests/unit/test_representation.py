@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from utils import representation as rep
+from utils import claims
+from utils import representation
+from utils import representation_math as rep
 
 
 def _lstsq(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -120,15 +122,68 @@ def test_principal_angles_known_values():
     assert torch.allclose(rep.principal_angles(e[:, :1], e[:, 1:3]), torch.tensor([math.pi / 2], dtype=torch.float64))
 
 
-def test_run_rows_have_the_specified_fields(monkeypatch):
-    monkeypatch.setattr(rep, "QUICK", dict(d=12, k=2, num_tasks=10, n_per_task=6, noise=0.3, seeds=2, max_iter=5,
-                                           n_targets=(3, 20)))
-    out = rep.run("quick", torch.device("cpu"), progress=False)
-    assert len(out["runs"]) == 2 * 2 * 2 * 2
+def test_smoke_run_rows_and_round_trip():
+    cfg = representation.Config.for_profile("quick", smoke=True)
+    res = representation.run(cfg, torch.device("cpu"), progress=False)
+    out = res.to_json()
+    assert representation.Result.from_json(out).to_json() == out
+    assert len(out["runs"]) == 2 * 2 * len(cfg.n_targets) * cfg.seeds
     for row in out["runs"]:
-        assert set(row) == {"method", "diverse", "n_target", "seed", "excess_risk"}
-        assert row["method"] in ("learned_representation", "target_only") and isinstance(row["diverse"], bool)
-    assert rep.median_risk(out["runs"], "target_only", True, 20) > 0
+        assert {"method", "diverse", "n_target", "seed", "excess_risk"} <= set(row)
+    assert {r["sweep"] for r in out["rate"]} == {"n1", "T"}
+    assert len(out["rate"]) == (len(cfg.n1_values) + len(cfg.task_values)) * cfg.seeds
+
+
+def test_balanced_heads_are_exactly_well_conditioned():
+    tasks = rep.make_tasks(10, 3, 12, 4, True, 0.1, seeds=[0, 1], balanced=True)
+    gram = tasks.theta.transpose(1, 2) @ tasks.theta
+    assert torch.allclose(gram, 4.0 * torch.eye(3, dtype=torch.float64).expand(2, 3, 3), atol=1e-10)
+    with pytest.raises(ValueError, match="balanced"):
+        rep.make_tasks(10, 3, 2, 4, True, 0.1, seeds=[0], balanced=True)
+
+
+def test_representation_error_matches_the_first_order_prediction():
+    """Mean sin^2 of the principal angles ~ sigma^2 k (d-k)/(n1 T) for balanced heads (within 2x)."""
+    d, k, T, n1, sigma = 30, 3, 12, 100, 0.5
+    tasks = rep.make_tasks(d, k, T, n1, True, sigma, seeds=[0, 1, 2, 3], balanced=True)
+    learned = rep.learn_representation(tasks.X, tasks.y, k)
+    sin2 = (torch.sin(rep.principal_angles(learned.B, tasks.B_true)) ** 2).mean(-1)
+    ratio = float(sin2.median()) / representation.predicted_error(sigma, d, k, n1, T)
+    assert 0.5 < ratio < 2.0
+
+
+# ----------------------------------------------------------------------------- claims: both verdicts
+def _fake(adv_div=(1.0, 0.1), adv_non=(1.0, 0.8), n1_err=(0.1, 0.05, 0.025), T_err=(0.02, 0.021, 0.022)):
+    runs = []
+    for diverse, (alone, learned) in ((True, adv_div), (False, adv_non)):
+        runs += [{"method": "target_only", "diverse": diverse, "n_target": 20, "seed": 0, "excess_risk": alone},
+                 {"method": "learned_representation", "diverse": diverse, "n_target": 20, "seed": 0,
+                  "excess_risk": learned}]
+    rate = [{"sweep": "n1", "T": 10, "n1": 100 * 2 ** i, "seed": 0, "sin2": e, "predicted": 0.1 / 2 ** i}
+            for i, e in enumerate(n1_err)]
+    rate += [{"sweep": "T", "T": 10 * 2 ** i, "n1": 400 // 2 ** i, "seed": 0, "sin2": e, "predicted": 0.02}
+             for i, e in enumerate(T_err)]
+    return {"runs": runs, "rate": rate}
+
+
+def test_claim_rep_diversity_both_verdicts():
+    c = claims.get("rep.diversity")
+    assert c.holds(c.check(_fake()))
+    assert not c.holds(c.check(_fake(adv_div=(1.0, 0.3))))     # only 3.3x with diverse sources
+    assert not c.holds(c.check(_fake(adv_non=(1.0, 0.4))))     # non-diverse sources help 2.5x
+
+
+def test_claim_rep_bypass_both_verdicts():
+    c = claims.get("rep.bypass")
+    measured = c.check(_fake())
+    assert c.holds(measured) and measured["slope"] == pytest.approx(-1.0)
+    assert not c.holds(c.check(_fake(n1_err=(0.1, 0.09, 0.085))))   # a floor: slope ~ -0.1
+
+
+def test_claim_rep_pooling_both_verdicts():
+    c = claims.get("rep.pooling")
+    assert c.holds(c.check(_fake()))
+    assert not c.holds(c.check(_fake(T_err=(0.02, 0.04, 0.08))))     # error grows with T at fixed n1 T
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -160,5 +215,7 @@ def test_other_bad_input():
         rep.learn_representation(X, torch.zeros(1, 2, 4, dtype=torch.float64), k=2)
     with pytest.raises(ValueError, match="different dimensions"):
         rep.principal_angles(torch.zeros(4, 2), torch.zeros(5, 2))
-    with pytest.raises(ValueError, match="profile"):
-        rep.config_for("huge")
+    with pytest.raises(ValueError, match="quick"):
+        representation.Config.for_profile("huge")
+    with pytest.raises(ValueError, match="sweep"):
+        representation.rate_summary({"rate": []}, "n2")
