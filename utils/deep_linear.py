@@ -251,6 +251,13 @@ def _not_nuclear_check(r: dict) -> dict:
             / median_of(r, "reconstruction_error", depth=3, observed=m, scale=s)}
 
 
+def _nuclear_trend_check(r: dict) -> dict:
+    scales, m = r["config"]["scales"], _m0(r)
+    excess = [median_of(r, "nuclear_ratio", depth=3, observed=m, scale=s) - 1 for s in (max(scales), min(scales))]
+    return {"excess_largest_s": excess[0], "excess_smallest_s": excess[1],
+            "excess_growth": excess[1] / max(excess[0], 1e-12)}
+
+
 def _incremental_check(r: dict) -> dict:
     s, m = r["config"]["default_scale"], _m0(r)
     return {f"depth{d}": half_spread(r, d, observed=m, scale=s) for d in (1, 2, 3, 4)}
@@ -267,7 +274,7 @@ CLAIMS = [
     Claim(id="dl.scale", chapter=EXPERIMENT,
           statement="Shrinking the starting scale lowers depth 2's test error several-fold, and at every "
                     "starting scale depth 3 is no worse than depth 2.",
-          source=f"{PAPER}, Figure 2 (reconstruction error against the standard deviation of initialisation)",
+          source=f"{PAPER}, Figure 2 (reconstruction error against the initialisation scale)",
           paper_value="error falls as the initialisation shrinks; deeper factorisations reach low error at "
                       "larger initialisations",
           criterion="m = 2000: median depth-2 error at the largest / at the smallest scale >= 5; median "
@@ -277,21 +284,35 @@ CLAIMS = [
           statement="At the smallest starting scale the depth-3 solution has a larger nuclear norm than the "
                     "minimum, yet a test error at least 10x below the minimum-nuclear-norm solution's.",
           source=f"{PAPER}, Figure 2 (nuclear norm panel) and Section 2",
-          paper_value="as the initialisation shrinks, deeper factorisations move away from the minimum nuclear "
-                      "norm while their error falls",
+          paper_value="at m = 2000 the small-initialisation solutions have lower reconstruction error than the "
+                      "minimum-nuclear-norm solution and a larger nuclear norm",
           criterion="m = 2000, smallest s: median nuclear norm / minimum > 1 and median error ratio "
                     "(nuclear-norm solution / depth 3) >= 10",
           check=_not_nuclear_check, holds=lambda v: v["nuclear_ratio"] > 1 and v["error_ratio"] >= 10),
     Claim(id="dl.incremental", chapter=EXPERIMENT,
           statement="Measured in gradient-flow time, depth 1 learns the top five singular values at once, "
                     "and depths 2-4 learn them one after another.",
-          source=f"{PAPER}, Section 3 (singular-value dynamics)",
+          source=f"{PAPER}, Section 3 (Theorem 3, singular-value dynamics) and Figure 3",
           paper_value="singular values move at rate proportional to sigma^(2 - 2/N): incremental learning "
                       "for N >= 2",
           criterion="m = 2000, default s: median max/min half-height time of the top five = 1.0 (+-0.05) at "
                     "depth 1 and > 1.3 at depths 2, 3 and 4",
           check=_incremental_check,
           holds=lambda v: abs(v["depth1"] - 1) <= 0.05 and min(v["depth2"], v["depth3"], v["depth4"]) > 1.3),
+    Claim(id="dl.nuclear_trend", chapter=EXPERIMENT,
+          statement="As the starting scale shrinks, the depth-3 solution's nuclear norm grows away from the "
+                    "minimum.",
+          source=f"{PAPER}, Figure 2 (nuclear norm panel, m = 2000) and Section 2",
+          paper_value="as the initialisation shrinks, the solutions' nuclear norms rise away from the minimum "
+                      "while their error falls",
+          criterion="m = 2000, depth 3: (median nuclear norm / minimum - 1) at the smallest s over the same at "
+                    "the largest s >= 1.5",
+          check=_nuclear_trend_check, holds=lambda v: v["excess_growth"] >= 1.5,
+          expected=False,
+          reason="with plain gradient descent on this grid the depth-2 and depth-3 nuclear norms settle, once the "
+                 "ground truth is recovered, a few per cent above the minimum, at about the ground truth's own "
+                 "nuclear norm, and stay there as s shrinks; the paper trained with an adaptive RMSprop-type "
+                 "optimiser, and what makes its nuclear norms grow further has not been isolated here"),
 ]
 
 
@@ -301,14 +322,14 @@ def plot_scale_sweep(results: dict, observed: int):
     curve per depth (median over seeds, band = range; hollow markers: some run stopped at the step cap
     above the loss tolerance); the nuclear-norm solution as a dashed line."""
     c = results["config"]
-    fig, axes = subplots(1, 3, width=13.0, height=3.9)
+    fig, axes = subplots(1, 3, width=9.0, height=3.4)
     minimum = {r["seed"]: r["nuclear_norm"] for r in results["nuclear"] if r["observed"] == observed}
     value = {"reconstruction_error": lambda r: r["reconstruction_error"],
              "nuclear_ratio": lambda r: r["nuclear_norm"] / minimum[r["seed"]],
              "effective_rank": lambda r: r["effective_rank"]}
-    for panel, (key, ylabel) in enumerate((("reconstruction_error", "test error (relative, log scale)"),
-                                           ("nuclear_ratio", "nuclear norm / minimum nuclear norm"),
-                                           ("effective_rank", "effective rank (unitless)"))):
+    for panel, (key, ylabel) in enumerate((("reconstruction_error", "relative test error (log scale)"),
+                                           ("nuclear_ratio", "nuclear norm / minimum (ratio)"),
+                                           ("effective_rank", "effective rank (log scale)"))):
         ax = axes[0, panel]
         for i, d in enumerate(c["depths"]):
             groups = [(s, select(results, depth=d, observed=observed, scale=s)) for s in c["scales"]]
@@ -332,10 +353,9 @@ def plot_scale_sweep(results: dict, observed: int):
             deep = [value[key](r) for r in results["runs"] if r["depth"] > 1 and r["observed"] == observed]
             ax.set_ylim(0.995, max(deep) * 1.01 if deep else 1.1)
             ax.set_title("depth 1 lies above the panel", fontsize=9)
-        label(ax, "starting scale s (log scale, shrinking to the right)", ylabel.replace(
-            "effective rank (unitless)", "effective rank (unitless, log scale)"))
-    axes[0, 0].legend(fontsize=8)
-    fig.suptitle(f"m = {observed} observed entries; median and range over {len(c['seeds'])} seeds")
+        label(ax, "starting scale s (log, shrinks →)", ylabel)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(f"m = {observed} observed entries; median and range over {len(c['seeds'])} seeds", fontsize=10)
     return fig
 
 
@@ -344,8 +364,12 @@ def plot_trajectories(results: dict, scale: float, depths: Sequence[int] | None 
     run at starting scale ``scale`` (top five blue, next five orange)."""
     from matplotlib.figure import Figure
     depths = [d for d in (depths or results["config"]["depths"]) if scale_key(scale) in results["trajectories"][str(d)]]
-    fig = Figure(figsize=(3.0 * len(depths), 3.3), layout="constrained")
-    axes = fig.subplots(1, len(depths), squeeze=False)[0]
+    cols = min(2, len(depths))
+    rows = -(-len(depths) // cols)
+    fig = Figure(figsize=(4.5 * cols, 2.8 * rows + 0.4), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[len(depths):]:
+        ax.set_visible(False)
     for ax, d in zip(axes, depths):
         t = results["trajectories"][str(d)][scale_key(scale)]
         times, sv = np.array(t["times"]), np.array(t["singular_values"])
@@ -356,9 +380,9 @@ def plot_trajectories(results: dict, scale: float, depths: Sequence[int] | None 
         ax.set_ylim(1e-12, 2)
         ax.set_xlim(0, times[-1])
         ax.grid(alpha=0.3)
-        label(ax, "gradient-flow time t", "singular value (log scale)", f"depth {d}")
-    fig.suptitle(f"starting scale s = {scale:.0e}: top 5 (blue) and next 5 (orange) singular values, "
-                 f"m = {results['config']['observed'][0]}, seed {results['config']['trajectory_seed']}")
+        label(ax, "gradient-flow time t (dimensionless)", "singular value (log scale)", f"depth {d}")
+    fig.suptitle(f"s = {scale:.0e}: top 5 (blue) and next 5 (orange) singular values of W, "
+                 f"m = {results['config']['observed'][0]}, seed {results['config']['trajectory_seed']}", fontsize=10)
     return fig
 
 

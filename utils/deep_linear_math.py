@@ -76,7 +76,8 @@ def init_factors(depth: int, n: int, scale: float | Sequence[float], seeds: Sequ
     from its own generator seeded by ``seeds[b]`` (so a batch equals its runs drawn one by one).
 
     Args:
-        scale: the starting scale (standard deviation of every entry), one number for all runs or a
+        scale: the standard deviation of every factor entry (not the starting scale ``s`` of the product:
+            see :func:`factor_scale`), one number for all runs or a
             sequence with one number per run.
     Raises:
         ValueError: if ``depth < 1``, a scale is negative, or the numbers of scales and seeds differ.

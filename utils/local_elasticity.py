@@ -578,8 +578,8 @@ CLAIMS = [
                     "with geodesic distance on the two rippled curves while a linear network's is uncorrelated with it.",
           source="He & Su (ICLR 2020), Section 3: synthetic manifolds, S_rel against geodesic distance "
                  "(their code prints the Pearson correlation)",
-          paper_value="S_rel falls with geodesic distance for ReLU networks and does not depend on it for linear "
-                      "networks",
+          paper_value="S_rel falls with geodesic distance for ReLU networks; linear networks show no such fall "
+                      "(correlation near 0)",
           criterion="trained ReLU network in the NTK parametrisation (tangent kernel nearly fixed) Pearson(S_rel, "
                     "geodesic) <= -0.85 and linear >= -0.5; the feature-learning (standard, larger step) ReLU "
                     "network's value is reported, not tested",

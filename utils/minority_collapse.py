@@ -701,15 +701,17 @@ CLAIMS = [
     Claim(id="mc.threshold", chapter=EXPERIMENT,
           statement="In the LPM with K = 10, K_A = 5 and the paper's budgets E_W = 1, E_H = 5, the minority "
                     "classifiers become identical beyond a finite imbalance ratio R* between 10 and 15.",
-          source="Fang, He, Long & Su (PNAS 2021), Fig. 3 and Theorem 5", paper_value="R* ≈ 12 (Fig. 3)",
+          source="Fang, He, Long & Su (PNAS 2021), Fig. 3 (the convex relaxation solved numerically at "
+                 "K = 10, K_A = 5, E_W = 1, E_H = 5); Theorem 5 proves the R -> infinity limit only",
+          paper_value="the minority cosine reaches 1 at a finite R (read off Fig. 3; no number in the text)",
           criterion="10 <= R* <= 15 (smallest R with minority cosine > 1 - 1e-3)",
           check=lambda r: r["lpm"]["thresholds"][[tuple(b) for b in r["lpm"]["budgets"]].index(PAPER_BUDGETS)],
           holds=lambda m: 10 <= m <= 15),
     Claim(id="mc.trained", chapter=EXPERIMENT,
           statement="Trained to its terminal phase, a network's minority classifiers collapse at a large "
-                    "imbalance ratio (cosine near 1, minority test accuracy near chance), while at R = 1 they "
+                    "imbalance ratio (cosine near 1, minority test accuracy near zero), while at R = 1 they "
                     "form the simplex (cosine -1/(K-1)).",
-          source="Fang et al. (2021), Fig. 4 (VGG-11 and ResNet-18 on Fashion-MNIST and CIFAR-10)",
+          source="Fang et al. (2021), Fig. 4 (VGG and ResNet networks on Fashion-MNIST and CIFAR-10)",
           paper_value="minority cosine → 1 and minority test accuracy → 0 as R grows to 1000",
           criterion="at the largest R: minority cosine >= 0.9 and minority accuracy <= 0.15; "
                     "at R = 1: |cosine + 1/(K-1)| <= 0.05",
@@ -718,9 +720,8 @@ CLAIMS = [
           and m["R1_gap_to_etf"] <= 0.05),
     Claim(id="mc.oversampling", chapter=EXPERIMENT,
           statement="Oversampling the minority classes at the largest imbalance ratio separates their "
-                    "classifiers again and recovers much of their test accuracy.",
-          source="Fang et al. (2021), Section 4 (oversampling) and its figure of test accuracy against the "
-                 "oversampling rate",
+                    "classifiers again and recovers part of their test accuracy.",
+          source="Fang et al. (2021), the oversampling experiments at R = 1000 (Fig. 6)",
           paper_value="oversampling restores separated minority classifiers and lifts minority accuracy",
           criterion="oversampled at the largest R (largest rate): minority cosine < 0.3 and minority accuracy > 0.4",
           check=_check_oversampling,
@@ -743,7 +744,7 @@ def plot_lpm_curves(result):
     from .plotting import PALETTE, label, subplots
 
     lp = _as_dict(result)["lpm"]
-    fig, axes = subplots(1, 2, width=12, height=4.0)
+    fig, axes = subplots(1, 2, width=9, height=4.6)
     ax = axes[0, 0]
     for i, ((E_W, E_H), cos, thr) in enumerate(zip(lp["budgets"], lp["minority_cosine"], lp["thresholds"])):
         ax.plot(lp["ratios"], cos, color=PALETTE[i], label=_budget_label(E_W, E_H) + f": R* = {thr:.3g}")
@@ -751,7 +752,7 @@ def plot_lpm_curves(result):
             ax.axvline(thr, color=PALETTE[i], ls="--", lw=1)
     ax.axhline(-1 / (lp["K"] - 1), color="0.5", ls=":", label="simplex value -1/(K-1)")
     ax.set_xscale("log")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, fontsize=7)
     label(ax, "imbalance ratio R (log scale)", "minority classifier cosine (unitless)",
           f"LPM, K = {lp['K']}, K_A = {lp['K_A']} (dashed: thresholds R*)")
     ax = axes[0, 1]
@@ -770,7 +771,7 @@ def plot_training(result, stored: dict | None = None):
     from .plotting import PALETTE, label, subplots
 
     panels = [(_as_dict(result), "this run")] + ([(stored, f"stored {stored.get('profile', '')} run")] if stored else [])
-    fig, axes = subplots(len(panels), 2, width=12, height=4.2 * len(panels))
+    fig, axes = subplots(len(panels), 2, width=9, height=5.6 * len(panels))
     for (r, title), (ax, ax_acc) in zip(panels, axes):
         plain = [x for x in r["runs"] if x["oversample"] == 1]
         R = [x["ratio"] for x in plain]
@@ -790,7 +791,7 @@ def plot_training(result, stored: dict | None = None):
         ax.set_xscale("log")
         ax.set_xlim(0.7, max(R) * 2)
         ax.set_ylim(-0.3, 1.05)
-        ax.legend(loc="upper left", fontsize=7)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=7)
         label(ax, "imbalance ratio R (log scale)", "mean pairwise cosine (unitless)", f"{title}: classifiers")
         ax_acc.plot(R, [x["minority_accuracy"] for x in plain], "o-", color=PALETTE[1], label="minority classes (test)")
         ax_acc.plot(R, [x["majority_accuracy"] for x in plain], "s-", color=PALETTE[0], label="majority classes (test)")
@@ -833,7 +834,7 @@ def plot_oversampling(result):
     rows = sorted([x for x in r["runs"] if x["ratio"] == top], key=lambda x: x["oversample"])
     rate = [x["oversample"] for x in rows]
     one = _plain_run(r, 1.0)
-    fig, axes = subplots(1, 2, width=11, height=3.8)
+    fig, axes = subplots(1, 2, width=9, height=3.6)
     ax = axes[0, 0]
     ax.plot(rate, [x["w_minority_cosine"] for x in rows], "o-", color=PALETTE[1], label=f"R = {top:g}")
     ax.axhline(one["w_minority_cosine"], color="0.4", ls=":", label="balanced run (R = 1)")

@@ -774,7 +774,7 @@ def plot_cosines(run: Mapping[str, Any], index: int = -1):
     fig, axes = subplots(2, 2, width=8.0, height=7.4)
     _heatmap(fig, axes[0, 0], rec["cos_means"], "centred class means", names, "class j", "class i")
     _heatmap(fig, axes[0, 1], rec["cos_classifiers"], "classifiers $w_k$", names, "class j", "class i")
-    _heatmap(fig, axes[1, 0], etf_gram(K).numpy(), "simplex ETF ($-1/(K-1)$ off the diag.)", names,
+    _heatmap(fig, axes[1, 0], etf_gram(K).numpy(), "simplex ETF", names,
              "class j", "class i")
     _heatmap(fig, axes[1, 1], rec["cos_cross"], "cos($w_i$, $\\mu_j-\\mu_G$) (NC3: diag. 1)", names,
              "class mean j", "classifier i")

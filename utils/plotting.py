@@ -51,8 +51,9 @@ def label(ax, xlabel: str, ylabel: str, title: str | None = None) -> None:
 
 
 def gram_heatmap(ax, G: np.ndarray, title: str, labels: Sequence[str] | None = None,
-                 vmax: float | None = None, colorbar: bool = True):
-    """Symmetric heatmap of a Gram/cosine matrix with a centred colour scale."""
+                 vmax: float | None = None, colorbar: bool = True, colorbar_label: str = "value"):
+    """Symmetric heatmap of a Gram/cosine matrix with a centred colour scale and a labelled colour bar
+    (``colorbar_label``, e.g. ``"cosine (unitless)"``)."""
     G = np.asarray(G)
     vmax = float(np.abs(G).max()) if vmax is None else vmax
     im = ax.imshow(G, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
@@ -67,5 +68,5 @@ def gram_heatmap(ax, G: np.ndarray, title: str, labels: Sequence[str] | None = N
     ax.set_xlabel("index j")
     ax.set_ylabel("index i")
     if colorbar:
-        ax.figure.colorbar(im, ax=ax, shrink=0.8)
+        ax.figure.colorbar(im, ax=ax, shrink=0.8, label=colorbar_label)
     return im

@@ -253,9 +253,9 @@ CLAIMS = [
                     "in [-1.3, -0.7]",
           check=_bypass, holds=lambda m: -1.3 <= m["slope"] <= -0.7),
     Claim(id="rep.pooling", chapter=EXPERIMENT,
-          statement="At a fixed pooled source sample size n1 T the learned representation's error hardly "
-                    "depends on how the samples are split into tasks: many small tasks are as good as a few "
-                    "large ones.",
+          statement="At a fixed pooled source sample size n1 T the learned representation's error changes by "
+                    "less than 1.5x however the samples are split into tasks: many small tasks teach about as "
+                    "much as a few large ones.",
           source=f"{PAPER}, Theorem 4.1 (the bound depends on n1 and T only through n1 T)",
           paper_value="all n1 T source samples are pooled: the representation term is sigma^2 kd/(n1 T)",
           criterion="median mean-sin^2 varies by at most 1.5x over the T sweep at fixed n1 T",
@@ -269,7 +269,7 @@ def plot_risk_panels(results: dict, title_suffix: str = ""):
     for diverse (left) and non-diverse (right) sources; medians with quartile bands."""
     c = results["config"]
     sigma2, d, k = c["noise"] ** 2, c["d"], c["k"]
-    fig, axes = subplots(1, 2, width=11.5, height=4.4, sharey=True)
+    fig, axes = subplots(1, 2, width=9.0, height=4.2, sharey=True)
     for ax, diverse in zip(axes[0], (True, False)):
         curves = [("learned_representation", results["runs"], "learned representation $\\hat B$ (k dims)", 0, "-"),
                   ("target_only", results["runs"], "target only, least squares (d dims)", 1, "-"),
@@ -286,11 +286,12 @@ def plot_risk_panels(results: dict, title_suffix: str = ""):
         ax.set_ylim(1e-3, 3e3)
         for v in (k, d):
             ax.axvline(v, color="0.7", lw=0.8)
-        cond = "diverse sources" if diverse else "non-diverse sources, target outside their span"
-        label(ax, "target samples $n_2$ (log scale)", "target excess risk $\\|\\hat w - w^\\star\\|^2$ (log scale)",
+        cond = "diverse sources" if diverse else "non-diverse sources\n(target outside their span)"
+        label(ax, "target samples $n_2$ (log scale)", "excess risk $\\|\\hat w - w^\\star\\|^2$ (log scale)",
               cond + title_suffix)
+        ax.title.set_fontsize(9)
     handles, names = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncol=3)
+    fig.legend(handles, names, loc="outside lower center", ncol=3, fontsize=7)
     return fig
 
 
@@ -335,7 +336,7 @@ def plot_rate(results: dict):
     the prediction ``y = x``.  Right: the ``T`` sweep at fixed ``n1 T`` against ``T``, with a ``1/T`` line
     (the shape an i.i.d.-task bound would force) for comparison."""
     c = results["config"]
-    fig, axes = subplots(1, 2, width=11.0, height=4.2)
+    fig, axes = subplots(1, 2, width=9.0, height=3.8)
     ax = axes[0, 0]
     xs = []
     for i, (sweep, name) in enumerate((("n1", f"vary $n_1$ at $T = {c['fixed_tasks']}$"),
@@ -350,7 +351,7 @@ def plot_rate(results: dict):
     ax.plot(grid, grid, "--", color="0.35", label="prediction $\\sigma^2k(d-k)/(n_1T)$")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.legend()
+    ax.legend(fontsize=7)
     label(ax, "$\\sigma^2 k(d-k)/(n_1 T)$ (log scale)", "mean $\\sin^2$ of the principal angles (log scale)",
           "error of the learned span")
     ax = axes[0, 1]
@@ -363,7 +364,7 @@ def plot_rate(results: dict):
     ax.plot(T, s[0]["median"] * T[0] / T, ":", color=PALETTE[3], label="shape $1/T$ (for comparison)")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.legend()
+    ax.legend(fontsize=7)
     label(ax, "number of source tasks $T$ (log scale)", "mean $\\sin^2$ of the principal angles (log scale)",
           f"fixed $n_1 T = {c['pooled_samples']}$")
     return fig

@@ -14,6 +14,7 @@ import argparse
 import datetime as _dt
 import importlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -58,7 +59,7 @@ def device_description(device: torch.device) -> str:
     """Human-readable name of the device, e.g. ``cuda: NVIDIA H100 80GB HBM3`` or ``cpu: 2 threads``."""
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 def provenance(experiment: str, profile: str, device: torch.device, seconds: float) -> dict[str, Any]:

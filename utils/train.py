@@ -106,6 +106,9 @@ def _correct(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return (outputs.argmax(1) == targets).sum()
     if outputs.dim() == 3 and targets.dim() == 1:  # (R, B, K): R models trained side by side
         return (outputs.argmax(-1) == targets).sum() / outputs.shape[0]
+    if outputs.dim() == 3 and targets.dim() == 2 and targets.shape == outputs.shape[1::-1]:
+        # (R, B, K) outputs and (B, R) labels: each of the R models has its own labels for the batch
+        return (outputs.argmax(-1) == targets.T).sum() / outputs.shape[0]
     return torch.zeros((), device=outputs.device)
 
 

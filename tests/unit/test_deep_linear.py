@@ -187,6 +187,21 @@ def test_claim_dl_not_nuclear_both_verdicts() -> None:
     assert not c.holds(c.check(_fake(_grid(), nn_err=0.02)))               # only 5x better
 
 
+def test_claim_dl_nuclear_trend_both_verdicts() -> None:
+    c = claims.get("dl.nuclear_trend")
+    assert not c.expected and c.reason
+
+    def trend(norm_largest: float, norm_smallest: float) -> dict:
+        res = _fake(_grid())
+        for r in res["runs"]:
+            r["nuclear_norm"] = norm_largest if r["scale"] == 1e-3 else norm_smallest
+        return res
+
+    assert c.holds(c.check(trend(1.02, 1.10)))                      # excess grows 5x: moves away
+    assert not c.holds(c.check(trend(1.017, 1.018)))                # flat a little above the minimum
+    assert c.check(trend(1.02, 1.10))["excess_growth"] == pytest.approx(5.0)
+
+
 def test_claim_dl_incremental_both_verdicts() -> None:
     c = claims.get("dl.incremental")
     spread = [1.0, 1.5, 2.0, 2.5, 3.0]

@@ -5,13 +5,15 @@ import pytest
 import torch
 
 from utils.models import FeatureMLP
-from utils.noisy_labels import (BatchedMLP, BatchedObjective, RunSpec, auxiliary_loss, distance_to_init_penalty,
-                                done_when, early_stopping_index, evaluation_epochs, inject_symmetric_noise,
-                                lambda_by_validation, median_curve,
-                                load_splits, result_rows, run, squared_loss, summarize, sweep_specs, train_sweep)
-from utils.train import fit
+import numpy as np
 
-ROW_KEYS = {"method", "noise", "lambda", "seed", "final_test_acc", "best_test_acc", "train_acc_noisy"}
+from utils import claims
+from utils.noisy_kernel import NTKNet, empirical_ntk, kernel_ridge, relative_gap, train_to_convergence
+from utils.noisy_labels import (CURVES, BatchedMLP, BatchedObjective, Config, RunSpec, auxiliary_loss, compare,
+                                distance_to_init_penalty, early_stopping_index, evaluation_epochs,
+                                inject_symmetric_noise, load_splits, mean_curve, paired_difference, squared_loss,
+                                sweep_specs, train_sweep)
+from utils.train import fit
 
 
 @pytest.mark.parametrize("n,p", [(1000, 0.4), (1000, 0.2), (7, 0.5), (5, 0.3), (10, 0.0), (3, 0.99)])
@@ -51,8 +53,8 @@ def test_other_bad_inputs_raise():
         distance_to_init_penalty(model, -1.0, 10)
     with pytest.raises(ValueError, match="lambda"):
         auxiliary_loss(10, 3, -0.5)
-    with pytest.raises(ValueError, match="profile"):
-        run("medium", torch.device("cpu"))
+    with pytest.raises(ValueError, match="quick"):
+        Config.for_profile("medium")
     with pytest.raises(ValueError, match="multiple of 10"):
         load_splits(15, 10, 10, 14, "cpu")
     with pytest.raises(ValueError, match="early stopping"):
@@ -191,40 +193,173 @@ def test_batched_objective_matches_single_run_regularisers():
     assert total.item() == pytest.approx(parts.item(), rel=1e-6)
 
 
-def test_small_sweep_produces_the_issue_rows_and_plain_memorises():
-    g = torch.Generator().manual_seed(0)
-    centres = torch.randn(3, 20, generator=g)
-    def sample(n):
-        labels = torch.arange(n) % 3
-        return (centres[labels] + 1.5 * torch.randn(n, 20, generator=g)) / 2, labels
-    X, y = sample(90)
-    X_val, y_val = sample(30)
-    X_test, y_test = sample(60)
-    specs = sweep_specs([1.0], [1.0], [0.4], [0, 1])
-    assert [s.method for s in specs] == ["plain"] * 2 + ["distance_to_init"] * 2 + ["auxiliary"] * 2
-    curves = train_sweep(specs, X, y, X_val, y_val, X_test, y_test, width=256, hidden_layers=1, num_classes=3,
-                         epochs=60, lr=0.02, batch_size=15, dense_until=3, eval_every=10, progress=False)
-    assert curves["epochs"] == [0, 1, 2, 3, 10, 20, 30, 40, 50, 60]
-    assert curves["flipped_fraction"] == [0.4] * 6
-    rows = result_rows(specs, curves)
-    assert all(set(r) == ROW_KEYS for r in rows)
-    assert sorted({r["method"] for r in rows}) == ["auxiliary", "distance_to_init", "early_stopping", "plain"]
-    table = summarize(rows)
-    plain = next(t for t in table if t["method"] == "plain")
-    assert plain["train_noisy"] > 0.9  # memorises the noisy labels
-    assert "plain_memorises" in done_when(rows, 0.4)
-
-
 def test_early_stopping_picks_first_maximum():
     assert early_stopping_index([0.1, 0.5, 0.3, 0.5]) == 1
     with pytest.raises(ValueError):
         early_stopping_index([])
 
 
-def test_median_curve_and_lambda_by_validation():
-    runs = [dict(method="auxiliary", noise=0.4, **{"lambda": lam}, seed=s, test_acc=[0.1, 0.2 + lam / 10 + s],
-                 val_acc_noisy=[0.1, v]) for lam, v in ((1.0, 0.3), (2.0, 0.5)) for s in (0, 1)]
-    assert median_curve(runs, "test_acc", "auxiliary", 0.4, 2.0) == pytest.approx([0.1, 0.9])
-    assert lambda_by_validation(runs, "auxiliary", 0.4) == 2.0
-    with pytest.raises(ValueError):
-        median_curve(runs, "test_acc", "plain", 0.4)
+@pytest.mark.parametrize("rate", [np.float32(0.2), np.float64(0.2), np.array(0.2), torch.tensor(0.2),
+                                  torch.tensor(0.2, dtype=torch.float64), 0.2, np.int64(0)])
+def test_noise_rate_accepts_numpy_and_tensor_scalars(rate):
+    y = torch.arange(100) % 10
+    noisy, flipped = inject_symmetric_noise(y, rate, 10, seed=0)
+    expected, _ = inject_symmetric_noise(y, float(rate), 10, seed=0)
+    assert torch.equal(noisy, expected) and int(flipped.sum()) == round(float(rate) * 100)
+
+
+@pytest.mark.parametrize("rate", [torch.tensor([0.2, 0.3]), [0.2], "0.2", True, float("nan"), np.float32(1.0)])
+def test_noise_rate_that_is_not_one_number_in_range_raises(rate):
+    with pytest.raises(ValueError, match="noise_rate"):
+        inject_symmetric_noise(torch.arange(10) % 3, rate, 3, seed=0)
+
+
+def test_small_sweep_records_paired_curves_and_plain_memorises():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 20, generator=g)
+
+    def sample(n):
+        labels = torch.arange(n) % 3
+        return (centres[labels] + 1.5 * torch.randn(n, 20, generator=g)) / 2, labels
+
+    X, y = sample(90)
+    X_val, y_val = sample(30)
+    X_test, y_test = sample(60)
+    specs = sweep_specs([1.0], [1.0], [0.4], [0, 1], clean=True)
+    assert [(s.method, s.noise) for s in specs] == [("plain", 0.0)] * 2 + [("plain", 0.4)] * 2 + \
+        [("distance_to_init", 0.4)] * 2 + [("auxiliary", 0.4)] * 2
+    curves = train_sweep(specs, X, y, X_val, y_val, X_test, y_test, width=256, hidden_layers=1, num_classes=3,
+                         epochs=60, lr=0.02, batch_size=15, dense_until=3, eval_every=10, progress=False)
+    assert curves["epochs"] == [0, 1, 2, 3, 10, 20, 30, 40, 50, 60]
+    assert curves["flipped_fraction"] == [0.0] * 2 + [0.4] * 6
+    runs = [{"method": s.method, "lambda": s.lam, "noise": s.noise, "seed": s.seed,
+             **{k: curves[k][r] for k in CURVES}} for r, s in enumerate(specs)]
+    # the clean runs fit clean labels: their noisy-label accuracy equals their clean-label accuracy
+    assert curves["train_acc_noisy"][0] == curves["train_acc_clean"][0]
+    comp = compare(runs, 0.4)
+    assert min(comp["plain"]["train_noisy"]) > 0.9  # memorises the noisy labels
+    assert set(comp) >= {"plain", "early_stopping", "clean", "distance_to_init", "auxiliary"}
+    assert comp["auxiliary"]["minus_early_stopping"]["n"] == 2
+
+
+def _runs(aux_val=(0.5, 0.4), aux_test=(0.70, 0.60)):
+    """Synthetic runs: 2 seeds, plain/clean/AUX at two lambdas, curves of 3 epochs."""
+    runs = []
+    for s in (0, 1):
+        runs.append(dict(method="plain", noise=0.0, seed=s, test_acc=[0.1, 0.8, 0.85], val_acc_noisy=[0.1, 0.8, 0.85],
+                         train_acc_noisy=[0.1, 0.9, 1.0], **{"lambda": 0.0}))
+        runs.append(dict(method="plain", noise=0.4, seed=s, test_acc=[0.1, 0.7 + s / 100, 0.5],
+                         val_acc_noisy=[0.1, 0.45, 0.3], train_acc_noisy=[0.1, 0.6, 1.0], **{"lambda": 0.0}))
+        for lam, v, t in ((1.0, aux_val[0], aux_test[0]), (2.0, aux_val[1], aux_test[1])):
+            runs.append(dict(method="auxiliary", noise=0.4, seed=s, test_acc=[0.1, 0.6, t + s / 50],
+                             val_acc_noisy=[0.1, 0.3, v], train_acc_noisy=[0.1, 0.5, 0.6], **{"lambda": lam}))
+    return runs
+
+
+def test_compare_chooses_lambda_on_noisy_validation_and_pairs_seeds():
+    comp = compare(_runs(aux_val=(0.4, 0.5)), 0.4)
+    assert comp["early_stopping"]["index"] == [1, 1]
+    assert comp["early_stopping"]["final"] == [0.7, 0.71]
+    aux = comp["auxiliary"]
+    assert aux["lambda_val"] == [2.0, 2.0] and aux["lambda_test"] == [1.0, 1.0]  # validation picks the worse one
+    assert aux["final_val"] == pytest.approx([0.60, 0.62])
+    assert aux["minus_early_stopping"]["mean"] == pytest.approx(-0.095)
+    assert comp["clean"]["final"] == [0.85, 0.85]
+    assert comp["plain"]["drop"] == pytest.approx([0.2, 0.21])
+    assert mean_curve(_runs(), "test_acc", "plain", 0.4) == pytest.approx([0.1, 0.705, 0.5])
+    with pytest.raises(ValueError, match="no plain runs"):
+        compare(_runs(), 0.2)
+
+
+def test_paired_difference_interval():
+    a, b = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [0.0] * 6
+    d = paired_difference(a, b)
+    sem = np.std(a, ddof=1) / np.sqrt(6)
+    assert d["mean"] == pytest.approx(3.5) and d["sem"] == pytest.approx(sem)
+    assert d["high"] - d["mean"] == pytest.approx(2.570582 * sem, rel=1e-5)  # t_{0.975, 5}
+    assert d["positive"] == 6 and d["n"] == 6
+    with pytest.raises(ValueError, match="same seeds"):
+        paired_difference([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="two seeds"):
+        paired_difference([1.0], [1.0])
+
+
+def _comparison(train_noisy=0.99, drop=0.2, aux=0.01, rdi=-0.01, clean_gap=0.05, seeds=6):
+    es = [0.75] * seeds
+    pair = lambda m: {"mean": m, "low": m - 0.01, "high": m + 0.01, "sem": 0.005, "positive": 3, "n": seeds}
+    return {"config": {"headline_noise": 0.4}, "comparison": {"0.4": {
+        "seeds": list(range(seeds)),
+        "plain": {"train_noisy": [train_noisy] * seeds, "drop": [drop] * seeds, "final": [0.6] * seeds},
+        "early_stopping": {"final": es},
+        "clean_minus_early_stopping": pair(clean_gap),
+        "auxiliary": {"minus_early_stopping": pair(aux), "clean_minus": pair(clean_gap - aux)},
+        "distance_to_init": {"minus_early_stopping": pair(rdi), "clean_minus": pair(clean_gap - rdi)}}}}
+
+
+def test_claim_memorise_both_verdicts():
+    c = claims.get("nl.memorise")
+    assert c.holds(c.check(_comparison()))
+    assert not c.holds(c.check(_comparison(train_noisy=0.9)))
+    assert not c.holds(c.check(_comparison(drop=0.05)))
+
+
+def test_claim_regularisers_both_verdicts():
+    c = claims.get("nl.regularisers")
+    assert c.holds(c.check(_comparison()))
+    assert not c.holds(c.check(_comparison(aux=-0.03)))
+    assert not c.holds(c.check(_comparison(rdi=0.06)))      # above the clean-label baseline
+    assert not c.holds(c.check(_comparison(seeds=4)))       # too few seeds
+
+
+def _kernel(gaps_wide=(0.01, 0.02, 0.015), gaps_narrow=(0.1, 0.1, 0.1)):
+    row = lambda w, g: {"width": w, "gap_aux_krr": g[0], "gap_rdi_krr": g[1], "gap_aux_rdi": g[2]}
+    return {"kernel": {"rows": [row(4096, gaps_wide), row(512, gaps_narrow)]}}
+
+
+def test_claim_kernel_both_verdicts():
+    c = claims.get("nl.kernel")
+    m = c.check(_kernel())
+    assert m["width"] == 4096 and m["narrow_max"] == 0.1 and c.holds(m)
+    assert not c.holds(c.check(_kernel(gaps_wide=(0.01, 0.08, 0.01))))
+    assert not c.holds(c.check(_kernel(gaps_wide=(0.03, 0.03, 0.03), gaps_narrow=(0.02, 0.02, 0.02))))
+
+
+def test_empirical_ntk_equals_jacobian_gram():
+    torch.manual_seed(0)
+    net = NTKNet(5, 7, 3, seed=2, dtype=torch.float64)
+    X, Z = torch.randn(4, 5, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
+
+    def jacobian(inputs):
+        rows = []
+        for i in range(len(inputs)):
+            for c in range(3):
+                grads = torch.autograd.grad(net(inputs[i:i + 1])[0, c], list(net.parameters()))
+                rows.append(torch.cat([g.flatten() for g in grads]))
+        return torch.stack(rows)
+
+    torch.testing.assert_close(empirical_ntk(net, X, Z), jacobian(X) @ jacobian(Z).T)
+    torch.testing.assert_close(empirical_ntk(net, X), jacobian(X) @ jacobian(X).T)
+    with pytest.raises(ValueError, match="positive"):
+        kernel_ridge(torch.eye(3), torch.eye(3), torch.ones(3, 1), 0.0)
+
+
+def test_wide_network_rdi_and_aux_approach_kernel_ridge():
+    """Both regularisers trained to convergence land near kernel ridge regression on the empirical NTK,
+    and closer for a wider network (the paper's Sec. 5 at toy scale)."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(12, 8, generator=g, dtype=torch.float64)
+    Xt = torch.randn(6, 8, generator=g, dtype=torch.float64)
+    y = torch.arange(12) % 3
+    Y = torch.nn.functional.one_hot(y, 3).double()
+    lam, gaps = 0.5, {}
+    for width in (32, 4096):
+        net = NTKNet(8, width, 3, seed=0, dtype=torch.float64)
+        with torch.no_grad():
+            f0, f0t = net(X), net(Xt)
+        K = empirical_ntk(net, X)
+        krr_t = f0t + kernel_ridge(K, empirical_ntk(net, Xt, X), Y - f0, lam)
+        lr = len(X) / (torch.linalg.eigvalsh(K)[-1].item() + lam ** 2)
+        outs = {m: train_to_convergence(m, X, y, width, lam, 150, lr, 3, seed=0)(Xt).detach()
+                for m in ("distance_to_init", "auxiliary")}
+        gaps[width] = max(relative_gap(outs[m], krr_t, krr_t - f0t) for m in outs)
+    assert gaps[4096] < 0.05 and gaps[4096] < gaps[32]
