@@ -21,7 +21,7 @@ both methods.  Multi-class labels are one-hot vectors ``e_y`` in ``R^K`` and ``b
 
 Single runs use :func:`utils.train.fit` with :func:`distance_to_init_penalty` (``penalty=``) or
 :func:`auxiliary_loss` (``loss_fn=`` and ``extra_params=``).  The chapter's sweep (methods x lambda x
-noise rate x seed) trains every run side by side as one :class:`BatchedMLP` whose outputs are
+noise rate x seed) trains every run side by side as one :class:`~utils.models.BatchedMLP` whose outputs are
 ``(R, B, K)``, through the same ``fit`` (:func:`train_sweep`).
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from .checkpoint import Checkpoint
 from .claims import Claim
 from .experiment import JsonResult, check_profile, mlp_memory_bytes
-from .models import FeatureMLP
+from .models import BatchedMLP
 from .plotting import PALETTE, label, subplots
 from .profiles import torch_threads
 from .train import fit
@@ -188,55 +188,18 @@ def auxiliary_loss(num_train: int, num_classes: int, lam: float, device: torch.d
 # --------------------------------------------------------------------------------------------
 # many runs side by side
 # --------------------------------------------------------------------------------------------
-class BatchedMLP(nn.Module):
-    """R independent ReLU MLPs ``d -> w -> ... -> w -> K`` evaluated as one batched computation.
-
-    Layer ``l`` holds weights (R, d_in, d_out) and biases (R, 1, d_out); the forward pass is a
-    chain of ``torch.baddbmm`` calls.  Built from R ``FeatureMLP(..., batchnorm=False)`` networks
-    so that run ``r`` starts exactly where a single network built with ``seed_r`` would.
-    """
-
-    def __init__(self, in_dim: int, width: int, hidden_layers: int, num_classes: int, seeds: Sequence[int],
-                 device: torch.device | str = "cpu"):
-        super().__init__()
-        if len(seeds) < 1:
-            raise ValueError("seeds must name at least one run")
-        if hidden_layers < 1:
-            raise ValueError(f"hidden_layers must be at least 1, got {hidden_layers}")
-        nets = []
-        for s in seeds:
-            torch.manual_seed(int(s))
-            nets.append(FeatureMLP(in_dim, width, hidden_layers - 1, num_classes, batchnorm=False))
-        linears = [[m for m in net.modules() if isinstance(m, nn.Linear)] for net in nets]
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
-        for layer in range(len(linears[0])):
-            W = torch.stack([lin[layer].weight.detach().t() for lin in linears])  # (R, d_in, d_out)
-            b = torch.stack([lin[layer].bias.detach()[None] for lin in linears])   # (R, 1, d_out)
-            self.weights.append(nn.Parameter(W.to(device).contiguous()))
-            self.biases.append(nn.Parameter(b.to(device).contiguous()))
-        self.num_runs = len(seeds)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, ...) shared inputs -> (R, B, K) outputs of every run."""
-        h = x.flatten(1).unsqueeze(0).expand(self.num_runs, -1, -1)
-        last = len(self.weights) - 1
-        for layer, (W, b) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(b, h, W)
-            if layer < last:
-                h = torch.relu(h)
-        return h
-
-    def squared_distance_to(self, initial: Sequence[torch.Tensor]) -> torch.Tensor:
-        """(R,) ``||theta_r - theta_r(0)||^2`` per run; ``initial`` as returned by :meth:`snapshot`."""
-        total = 0.0
-        for p, p0 in zip(self.parameters(), initial):
-            total = total + (p - p0).pow(2).flatten(1).sum(1)
-        return total
-
-    def snapshot(self) -> list[torch.Tensor]:
-        """Detached copies of the parameters (``theta(0)`` when called at the start)."""
-        return [p.detach().clone() for p in self.parameters()]
+def batched_mlp(in_dim: int, width: int, hidden_layers: int, num_classes: int, seeds: Sequence[int],
+                device: torch.device | str = "cpu") -> BatchedMLP:
+    """R ReLU MLPs ``d -> w (x hidden_layers) -> K`` side by side: :class:`utils.models.BatchedMLP`
+    without BatchNorm, run ``r`` starting exactly where ``FeatureMLP`` built after
+    ``torch.manual_seed(seeds[r])`` would (PyTorch's default init; the global RNG is left untouched).
+    Outputs (R, B, K) for shared inputs (B, ...)."""
+    if len(seeds) < 1:
+        raise ValueError("seeds must name at least one run")
+    if hidden_layers < 1:
+        raise ValueError(f"hidden_layers must be at least 1, got {hidden_layers}")
+    return BatchedMLP(len(seeds), in_dim, width, hidden_layers - 1, num_classes, batchnorm=False,
+                      init="torch", seeds=seeds).to(device)
 
 
 @dataclass
@@ -375,7 +338,7 @@ def train_sweep(specs: Sequence[RunSpec], X: torch.Tensor, y: torch.Tensor, X_va
     Y = torch.stack(noisy, 1).to(device)          # (n, R)
     Y_val = torch.stack(noisy_val, 1).to(device)  # (n_val, R)
     init_seeds = [s.seed for s in specs]  # paired: runs with one seed share their initialisation
-    model = BatchedMLP(X[0].numel(), width, hidden_layers, num_classes, init_seeds, device=device)
+    model = batched_mlp(X[0].numel(), width, hidden_layers, num_classes, init_seeds, device=device)
     objective = BatchedObjective(model, specs, X.shape[0], num_classes, loss)
     eval_at = set(evaluation_epochs(epochs, dense_until, eval_every))
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from utils import claims
 from utils.noisy_kernel import NTKNet, empirical_ntk, kernel_ridge, relative_gap, train_to_convergence
-from utils.noisy_labels import (CURVES, BatchedMLP, BatchedObjective, Config, RunSpec, auxiliary_loss, compare,
+from utils.noisy_labels import (CURVES, BatchedObjective, batched_mlp, Config, RunSpec, auxiliary_loss, compare,
                                 distance_to_init_penalty, early_stopping_index, evaluation_epochs,
                                 inject_symmetric_noise, load_splits, mean_curve, paired_difference, squared_loss,
                                 sweep_specs, train_sweep)
@@ -61,7 +61,7 @@ def test_other_bad_inputs_raise():
         train_sweep([RunSpec("early_stopping", 0.0, 0.2, 0)], *([torch.zeros(10, 4), torch.zeros(10, dtype=torch.long)] * 3),
                     width=4, hidden_layers=1, num_classes=3, epochs=1, lr=0.1, batch_size=5)
     with pytest.raises(ValueError):
-        BatchedMLP(4, 8, 0, 3, seeds=[0])
+        batched_mlp(4, 8, 0, 3, seeds=[0])
     with pytest.raises(ValueError):
         evaluation_epochs(10, 2, 0)
 
@@ -142,7 +142,7 @@ def test_linear_model_converges_to_kernel_ridge_regression(method):
 def test_batched_mlp_matches_single_networks_and_single_training():
     X, y = _data(n=48, d=10, k=4)
     seeds = [3, 5]
-    batched = BatchedMLP(10, 16, 2, 4, seeds)
+    batched = batched_mlp(10, 16, 2, 4, seeds)
     singles = []
     for s in seeds:
         torch.manual_seed(s)
@@ -170,7 +170,7 @@ def test_batched_objective_matches_single_run_regularisers():
     X, y = _data(n=20, d=6, k=3)
     specs = [RunSpec("plain", 0.0, 0.2, 0), RunSpec("distance_to_init", 2.0, 0.2, 0),
              RunSpec("auxiliary", 3.0, 0.2, 0)]
-    model = BatchedMLP(6, 8, 1, 3, [0, 0, 0])
+    model = batched_mlp(6, 8, 1, 3, [0, 0, 0])
     objective = BatchedObjective(model, specs, len(X), 3)
     torch.manual_seed(0)
     single = FeatureMLP(6, 8, 0, 3, batchnorm=False)
