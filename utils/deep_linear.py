@@ -298,7 +298,12 @@ CLAIMS = [
           criterion="m = 2000, default s: median max/min half-height time of the top five = 1.0 (+-0.05) at "
                     "depth 1 and > 1.3 at depths 2, 3 and 4",
           check=_incremental_check,
-          holds=lambda v: abs(v["depth1"] - 1) <= 0.05 and min(v["depth2"], v["depth3"], v["depth4"]) > 1.3),
+          holds=lambda v: abs(v["depth1"] - 1) <= 0.05 and min(v["depth2"], v["depth3"], v["depth4"]) > 1.3,
+          expected=False,
+          reason="depth 1 is exactly simultaneous and depths 3-4 are clearly sequential in every run, but at the "
+                 "default starting scale (1e-3) depth 2's spread sits near the threshold: 1.43 in the quick run "
+                 "(3 seeds) and 1.19 in the stored full run (5 seeds, python -m utils.reproduce deep_linear "
+                 "--profile full), so the book does not count it as reproduced at depth 2"),
     Claim(id="dl.nuclear_trend", chapter=EXPERIMENT,
           statement="As the starting scale shrinks, the depth-3 solution's nuclear norm grows away from the "
                     "minimum.",

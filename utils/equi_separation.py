@@ -454,7 +454,11 @@ CLAIMS = [
           source=f"{PAPER}, SI figures for networks without BatchNorm and linearised networks",
           paper_value="no-BatchNorm: the law holds more loosely; linear network: no law",
           criterion="no-BatchNorm training accuracy >= 0.99 (its Pearson reported) and linear Pearson > -0.9",
-          check=controls_summary, holds=lambda m: m["no_bn_train_acc"] >= 0.99 and m["linear_pearson"] > -0.9),
+          check=controls_summary, holds=lambda m: m["no_bn_train_acc"] >= 0.99 and m["linear_pearson"] > -0.9,
+          expected=False,
+          reason="the no-BatchNorm half holds (train acc. 0.993 at 600 epochs, 1.0 at 150), but the linear network's "
+                 "D_l also decays steadily once trained for the paper's 600 epochs (Pearson -0.96 in the full run; "
+                 "-0.72 after the quick run's 150 epochs), so straightness alone does not separate it from the law"),
     Claim(id="es.cnn", chapter=EXPERIMENT,
           statement="Measured block by block, a convolutional network's fuzziness decays geometrically too.",
           source=f"{PAPER}, Fig. 5 (VGG, AlexNet and residual networks on Fashion-MNIST)",
