@@ -497,7 +497,7 @@ def plot_law(results: dict):
     """log D_l (l = 0 is the raw input) with the fitted line, one panel per optimiser."""
     PALETTE, label, subplots = _plotting()
     opts = [o for o in ("sgd", "momentum", "adam") if any(r["optimizer"] == o for r in results["runs"])]
-    fig, axes = subplots(1, len(opts), width=4.4 * len(opts), height=3.8, sharey=True)
+    fig, axes = subplots(1, len(opts), width=min(4.4 * len(opts), 9.0), height=3.4, sharey=True)
     for ax, opt in zip(axes[0], opts):
         for row in sorted(_first_seed_rows(results, opt), key=lambda r: r["depth"]):
             _draw_law(ax, row["D"], PALETTE[DEPTH_COLOURS[row["depth"]]], f"depth {row['depth']}")
@@ -535,7 +535,7 @@ def plot_emergence(results: dict):
     row = next(r for r in _first_seed_rows(results, "sgd") if r["depth"] == 8)
     epochs = sorted(int(e) for e in row["snapshots"])
     cmap = matplotlib.colormaps["viridis"]
-    fig, axes = subplots(1, 2, width=11, height=3.8)
+    fig, axes = subplots(1, 2, width=9, height=3.6)
     ax = axes[0, 0]
     shown = epochs if len(epochs) <= 8 else [epochs[i] for i in np.linspace(0, len(epochs) - 1, 8).astype(int)]
     for i, e in enumerate(shown):
@@ -610,7 +610,7 @@ def plot_train_test(results: dict):
 def plot_practical(results: dict):
     """The paper's practical reading: straightness of the law against test accuracy."""
     PALETTE, label, subplots = _plotting()
-    fig, axes = subplots(1, 2, width=11, height=3.8)
+    fig, axes = subplots(1, 2, width=9, height=3.6)
     ax = axes[0, 0]
     if results["sweep"]:
         sw = sorted(results["sweep"], key=lambda r: r["lr"])

@@ -20,7 +20,8 @@ OFFLINE = re.compile(r"^(https?://\S+) .*net::ERR_")
 
 
 def _main(soup: BeautifulSoup):
-    return soup.find("main") or soup.find(class_="bd-article") or soup
+    """The page's article (the theme's header buttons, e.g. "Open issue", are not prose)."""
+    return soup.find("article") or soup.find("main") or soup
 
 
 def _without(node, selectors: str):
@@ -45,6 +46,12 @@ def static_defects(html: str, chapter: bool = True) -> list[str]:
         m = re.search(pattern, outputs)
         if m:
             problems.append(f"a Python repr is shown in an output: {outputs[max(m.start() - 30, 0):m.end() + 30]!r}")
+    for pre in main.select(".cell_output pre, .output pre"):
+        lines = [ln for ln in pre.get_text().splitlines() if ln.strip()]
+        aligned = [ln for ln in lines if len(re.findall(r"\S {3,}\S", ln)) >= 2]
+        if len(aligned) >= 3:
+            problems.append(f"a table printed as space-aligned text (show it with utils.tables.table): "
+                            f"{aligned[0][:60]!r}")
     prose = _without(main, ".math, math, pre, code, .highlight, .cell_input, script, style, mjx-container")
     text = prose.get_text(" ")
     for token in ("$$", "\\begin"):

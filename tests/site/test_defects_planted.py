@@ -29,6 +29,8 @@ def test_clean_page_passes():
     ("<p>with \\begin{aligned} x \\end{aligned} left as text</p>", "unrendered math"),
     ("<p>The sizes follow the issue that defines this chapter.</p>", "speaks of"),
     ("<p>These are the acceptance checks.</p>", "speaks of"),
+    ('<div class="cell_output"><pre>depth   optimiser   Pearson\n4       sgd         -0.99\n8       adam        -0.98'
+     '</pre></div>', "space-aligned"),
 ])
 def test_each_static_defect_is_caught(body, kind):
     problems = static_defects(planted(body))
