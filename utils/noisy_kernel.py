@@ -11,7 +11,7 @@ This module holds the pure pieces that check it inside a network (not only a lin
 
 * :class:`NTKNet`: ``f(x) = A^T relu(W x / sqrt(d)) / sqrt(m)`` with ``W`` (m, d) and ``A`` (m, K)
   standard normal and both trained (the NTK parametrisation of Jacot et al. 2018);
-* :func:`empirical_ntk`: its exact tangent kernel for K outputs, an (N K, N' K) matrix, in closed
+* :func:`ntknet_tangent_kernel`: its exact tangent kernel for K outputs, an (N K, N' K) matrix, in closed
   form: the same numbers as the book's generic :func:`utils.kernels.module_ntk` (reshaped
   ``permute(0, 2, 1, 3)``; the unit tests check it), but it never forms per-example Jacobians of
   ``K x m (d + K)`` entries, so it costs ~0.1 s instead of ~50 CPU-s at m = 1024 and stays usable
@@ -54,7 +54,7 @@ class NTKNet(nn.Module):
 
 
 @torch.no_grad()
-def empirical_ntk(net: NTKNet, X: torch.Tensor, Z: torch.Tensor | None = None) -> torch.Tensor:
+def ntknet_tangent_kernel(net: NTKNet, X: torch.Tensor, Z: torch.Tensor | None = None) -> torch.Tensor:
     """The exact tangent kernel ``<grad_theta f_c(x), grad_theta f_c'(z)>`` of :class:`NTKNet`.
 
     Args:

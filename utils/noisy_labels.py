@@ -637,7 +637,7 @@ def kernel_check(config: Config, device: torch.device, checkpoint: Checkpoint | 
     accuracy of the three predictors, and ``sigma_max`` of the kernel (it sets the step size).
     """
     from .data import load_dataset
-    from .noisy_kernel import NTKNet, empirical_ntk, kernel_ridge, relative_gap, train_to_convergence
+    from .noisy_kernel import NTKNet, ntknet_tangent_kernel, kernel_ridge, relative_gap, train_to_convergence
 
     X, y = load_dataset("fashion-mnist", train=True, device=device, resize=config.resize,
                         per_class=config.kernel_n // 10, seed=1)
@@ -655,10 +655,10 @@ def kernel_check(config: Config, device: torch.device, checkpoint: Checkpoint | 
         net = NTKNet(X[0].numel(), width, 10, seed=0, device=device)
         with torch.no_grad():
             f0, f0t = net(X), net(Xt)
-        K = empirical_ntk(net, X)
+        K = ntknet_tangent_kernel(net, X)
         sigma = float(torch.linalg.eigvalsh(K.double())[-1])
         krr = f0 + kernel_ridge(K, K, Y - f0, lam)
-        krr_t = f0t + kernel_ridge(K, empirical_ntk(net, Xt, X), Y - f0, lam)
+        krr_t = f0t + kernel_ridge(K, ntknet_tangent_kernel(net, Xt, X), Y - f0, lam)
         del K
         lr = len(X) / (sigma + lam ** 2)
         out = {}

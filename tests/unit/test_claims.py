@@ -96,3 +96,12 @@ def test_book_ledger():
     tests = "".join(p.read_text() for p in (ROOT / "tests" / "unit").glob("test_*.py"))
     untested = [c.id for c in every if f'"{c.id}"' not in tests]
     assert not untested, f"claims whose check no unit test exercises: {untested}"
+
+
+def test_parallel_run_keeps_rows_in_order(monkeypatch):
+    """--run with jobs > 1 runs chapters in separate processes and returns rows in chapter order."""
+    rows = claims.ledger_rows("quick", run=False, jobs=2)
+    assert [r["chapter"] for r in rows] == sorted([r["chapter"] for r in rows],
+                                                 key=list(reproduce.EXPERIMENTS).index)
+    with pytest.raises(ValueError, match="jobs"):
+        claims.ledger_rows("quick", run=True, jobs=0)

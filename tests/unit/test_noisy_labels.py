@@ -9,7 +9,7 @@ from utils.models import FeatureMLP
 import numpy as np
 
 from utils import claims
-from utils.noisy_kernel import NTKNet, empirical_ntk, kernel_ridge, relative_gap, train_to_convergence
+from utils.noisy_kernel import NTKNet, ntknet_tangent_kernel, kernel_ridge, relative_gap, train_to_convergence
 from utils.noisy_labels import (CURVES, BatchedObjective, batched_mlp, Config, RunSpec, auxiliary_loss, compare,
                                 distance_to_init_penalty, early_stopping_index, evaluation_epochs,
                                 inject_symmetric_noise, load_splits, mean_curve, paired_difference, squared_loss,
@@ -334,8 +334,8 @@ def test_empirical_ntk_closed_form_equals_the_books_module_ntk():
         K = module_ntk(net, A, B)
         return K.permute(0, 2, 1, 3).reshape(K.shape[0] * 3, K.shape[1] * 3)
 
-    torch.testing.assert_close(empirical_ntk(net, X, Z), generic(X, Z))
-    torch.testing.assert_close(empirical_ntk(net, X), generic(X))
+    torch.testing.assert_close(ntknet_tangent_kernel(net, X, Z), generic(X, Z))
+    torch.testing.assert_close(ntknet_tangent_kernel(net, X), generic(X))
     with pytest.raises(ValueError, match="positive"):
         kernel_ridge(torch.eye(3), torch.eye(3), torch.ones(3, 1), 0.0)
 
@@ -353,8 +353,8 @@ def test_wide_network_rdi_and_aux_approach_kernel_ridge():
         net = NTKNet(8, width, 3, seed=0, dtype=torch.float64)
         with torch.no_grad():
             f0, f0t = net(X), net(Xt)
-        K = empirical_ntk(net, X)
-        krr_t = f0t + kernel_ridge(K, empirical_ntk(net, Xt, X), Y - f0, lam)
+        K = ntknet_tangent_kernel(net, X)
+        krr_t = f0t + kernel_ridge(K, ntknet_tangent_kernel(net, Xt, X), Y - f0, lam)
         lr = len(X) / (torch.linalg.eigvalsh(K)[-1].item() + lam ** 2)
         outs = {m: train_to_convergence(m, X, y, width, lam, 150, lr, 3, seed=0)(Xt).detach()
                 for m in ("distance_to_init", "auxiliary")}
