@@ -209,15 +209,12 @@ def fit_many(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int,
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     histories = [History() for _ in range(runs)]
     first_epoch = 1
-    if checkpoint is not None:
-        state = checkpoint.load_state(checkpoint_key)
-        if state is not None:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            for g, s in zip(generators, state["generators"]):
-                g.set_state(s)
-            histories = [History(**h) for h in state["histories"]]
-            first_epoch = state["epoch"] + 1
+    state = checkpoint.restore(checkpoint_key, model, opt) if checkpoint is not None else None
+    if state is not None:
+        for g, s in zip(generators, state["generators"]):
+            g.set_state(s)
+        histories = [History(**h) for h in state["histories"]]
+        first_epoch = state["epoch"] + 1
     Xf = X.reshape(X.shape[0], -1)
     n = X.shape[0]
 

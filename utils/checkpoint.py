@@ -75,6 +75,15 @@ class Checkpoint:
         path = self.state_path(key)
         return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
 
+    def restore(self, key: str, model: torch.nn.Module, optimizer) -> dict | None:
+        """Load job ``key``'s saved state into ``model`` and ``optimizer`` and return the whole state
+        (for the caller's scheduler, shuffling generators and history), or None when none is saved."""
+        state = self.load_state(key)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        return state
+
     def due(self, key: str) -> bool:
         """Whether ``every_seconds`` have passed since job ``key``'s state was last saved."""
         last = self._last_save.setdefault(key, time.monotonic())

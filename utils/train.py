@@ -198,17 +198,14 @@ def fit(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, optimiz
     generator = torch.Generator().manual_seed(seed)
     history = History()
     first_epoch = 1
-    if checkpoint is not None:
-        state = checkpoint.load_state(checkpoint_key)
-        if state is not None:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            generator.set_state(state["generator"])
-            for p, saved in zip(extra_params, state.get("extra_params", [])):
-                p.data.copy_(saved)
-            history = History(**state["history"])
-            first_epoch = state["epoch"] + 1
+    state = checkpoint.restore(checkpoint_key, model, opt) if checkpoint is not None else None
+    if state is not None:
+        sched.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        for p, saved in zip(extra_params, state.get("extra_params", [])):
+            p.data.copy_(saved)
+        history = History(**state["history"])
+        first_epoch = state["epoch"] + 1
 
     def step(xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         opt.zero_grad(set_to_none=False)
