@@ -54,6 +54,36 @@ def get_profile(override: str | None = None) -> str:
     return "full" if torch.cuda.is_available() else "quick"
 
 
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3   # glibc's mallopt parameters
+_ALLOCATOR_TUNED = False
+
+
+def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30) -> bool:
+    """Let glibc's allocator reuse freed CPU tensors instead of returning them to the system.
+
+    By default glibc serves every allocation above ~128 KiB with a fresh ``mmap`` and unmaps it on
+    free, so a training loop that allocates the same (R, B, w) temporaries every step pays a page
+    fault per 4 KiB page, every step: on the noisy-label sweep (48 networks side by side) that was
+    a third of the run, all of it system time.  Raising the mmap threshold (to glibc's maximum,
+    32 MiB) and the trim threshold keeps those pages in the heap.  The cost: the process keeps its
+    peak heap size until it exits.  Process-wide and idempotent; a no-op (returning False) where the
+    C library has no ``mallopt`` (macOS, musl).
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        ok = all(libc.mallopt(param, value) == 1 for param, value in
+                 ((_M_MMAP_THRESHOLD, mmap_threshold), (_M_TRIM_THRESHOLD, trim_threshold),
+                  (_M_TOP_PAD, 64 << 20)))
+    except (OSError, AttributeError):
+        return False
+    _ALLOCATOR_TUNED = ok
+    return ok
+
+
 @contextlib.contextmanager
 def torch_threads(n: int | None = 1, device: torch.device | str | None = None) -> Iterator[None]:
     """Run the enclosed block with ``n`` intra-op CPU threads, then restore the previous number.
@@ -62,8 +92,11 @@ def torch_threads(n: int | None = 1, device: torch.device | str | None = None) -
 
     Small models (batches of ~100 x 100 matrices) train faster on one thread than on two, and
     far faster when other processes compete for the cores; larger matrix work wants them all.
+    On a CPU it also calls :func:`keep_freed_memory` (once per process).
     """
     saved = torch.get_num_threads()
+    if device is None or torch.device(device).type == "cpu":
+        keep_freed_memory()
     if n is not None and (device is None or torch.device(device).type == "cpu"):
         if n < 1:
             raise ValueError(f"number of threads must be at least 1, got {n}")

@@ -151,6 +151,7 @@ def fit(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, optimiz
         gamma: float = 0.1, batch_size: int = 128, seed: int = 0, progress: bool = True,
         loss_fn: LossFn = cross_entropy_loss,
         penalty: Callable[[nn.Module], torch.Tensor] | None = None,
+        penalty_grad: Callable[[nn.Module], None] | None = None,
         extra_params: Sequence[torch.Tensor] = (),
         repeats: torch.Tensor | None = None,
         callback: Callable[[int, nn.Module], dict | None] | None = None,
@@ -169,6 +170,11 @@ def fit(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, optimiz
         progress: show a ``tqdm.auto`` bar over epochs.
         loss_fn: ``loss_fn(outputs, targets, idx) -> scalar``; ``idx`` are the batch's example indices.
         penalty: optional ``penalty(model) -> scalar`` added to every step's loss (e.g. distance to init).
+        penalty_grad: optional ``penalty_grad(model)`` that adds the gradient of a penalty known in
+            closed form to the parameters' ``.grad`` in place, after the backward pass and before the
+            step (the same update as ``penalty=``, without differentiating it: for distance to init
+            on many stacked runs this saves a zero-filled full-size gradient per parameter and step).
+            Its value is not part of the reported loss.
         extra_params: trainable tensors outside the model (e.g. per-example offsets) to optimise too.
         repeats: (N,) integer repeats per example per epoch (oversampling), or None.
         callback: ``callback(epoch, model)`` after each epoch (model in eval mode); a returned dict
@@ -214,6 +220,9 @@ def fit(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, optimiz
         if penalty is not None:
             loss = loss + penalty(model)
         loss.backward()
+        if penalty_grad is not None:
+            with torch.no_grad():
+                penalty_grad(model)
         opt.step()
         return loss.detach(), _correct(out.detach(), yb)
 
