@@ -119,3 +119,30 @@ def test_checkpoint_resumes_batched_training(tmp_path):
     assert hists[0].epoch == [1, 2, 3, 4, 5, 6]
     for a, b in zip(reference.parameters(), resumed.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_optimizer_updates_through_views_of_its_flat_buffers():
+    """Autograd accumulates into the gradients the optimiser aliases (same tensors every step)."""
+    X, y = _data()
+    model = BatchedMLP(2, 12, 8, 1, 3, seeds=[0, 1])
+    fit_many(model, X, y, 2, optimizer=["sgd", "adam"], lr=[0.1, 1e-3], weight_decay=1e-3, batch_size=32,
+             progress=False)
+    grads = [p.grad.data_ptr() for p in model.parameters()]
+    torch.nn.functional.cross_entropy(model(X[:8]).flatten(0, 1), y[:8].repeat(2)).backward()
+    assert [p.grad.data_ptr() for p in model.parameters()] == grads
+
+
+def test_adam_without_the_fused_kernel_gives_the_same_models(monkeypatch):
+    """The element-wise fallback (devices without ``torch._fused_adam_``) equals the fused path."""
+    X, y = _data()
+    kinds, lrs = ["adam", "momentum", "adam"], [3e-3, 0.05, 1e-3]
+    out = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.delattr(torch, "_fused_adam_")
+        model = BatchedMLP(3, 12, 16, 1, 3, seeds=[0, 1, 2])
+        fit_many(model, X, y, 4, optimizer=kinds, lr=lrs, weight_decay=1e-3, milestones=(2,), batch_size=32,
+                 progress=False)
+        out.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
