@@ -27,6 +27,7 @@ import dataclasses
 import importlib
 import json
 import math
+import os
 import re
 import sys
 from typing import Any, Callable, Mapping, Sequence
@@ -244,6 +245,14 @@ def report(experiment: str, results: Mapping[str, Any] | Any, profile: str) -> N
     assert_claims(rows)
 
 
+def _limit_threads(n: int) -> None:
+    """Worker-process initialiser: every chapter run in this process uses at most ``n`` threads."""
+    from .profiles import THREADS_ENV
+    os.environ[THREADS_ENV] = str(n)
+    import torch
+    torch.set_num_threads(n)
+
+
 def _run_one(name: str, profile: str, device, progress: bool) -> dict:
     from .reproduce import reproduce
     return reproduce(name, profile, device, progress=progress)
@@ -254,8 +263,8 @@ def ledger_rows(profile: str, run: bool = False, chapter: str | None = None, dev
     """Ledger rows for ``profile``: from a fresh run of each experiment (``run=True``) or from the
     stored ``results/<experiment>_<profile>.json`` (``"not run"`` where none is stored).
 
-    ``jobs > 1`` runs that many experiments at once in separate processes (each chapter's quick
-    run uses one CPU thread, so on 2 cores ``jobs=2`` halves the wall time); rows keep the order.
+    ``jobs > 1`` runs that many experiments at once in separate processes, each limited to
+    ``cores // jobs`` CPU threads (``$BOOK_TORCH_THREADS``); rows keep the order.
     """
     names = [n for n in ([chapter] if chapter else list(experiments())) if chapter_claims(n)]
     if jobs < 1:
@@ -267,7 +276,9 @@ def ledger_rows(profile: str, run: bool = False, chapter: str | None = None, dev
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        threads = max(1, (os.cpu_count() or 1) // jobs)      # no more threads than cores in all
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_limit_threads, initargs=(threads,)) as pool:
             results = list(pool.map(_run_one, names, [profile] * len(names), [device] * len(names),
                                     [False] * len(names)))
     return [row for name, res in zip(names, results) for row in evaluate_results(name, res, profile)]
@@ -296,7 +307,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=None,
                         help="experiments run at once with --run (default: the number of CPU cores, at most 4)")
     args = parser.parse_args(argv)
-    import os
     jobs = args.jobs if args.jobs is not None else max(1, min(4, os.cpu_count() or 1))
     if args.device and args.device.startswith("cuda"):
         jobs = 1 if args.jobs is None else jobs  # one GPU: one experiment at a time

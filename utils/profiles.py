@@ -95,6 +95,9 @@ def flush_denormals() -> bool:
     return torch.set_flush_denormal(True)
 
 
+THREADS_ENV = "BOOK_TORCH_THREADS"
+
+
 @contextlib.contextmanager
 def torch_threads(n: int | None = 1, device: torch.device | str | None = None) -> Iterator[None]:
     """Run the enclosed block with ``n`` intra-op CPU threads, then restore the previous number.
@@ -103,9 +106,14 @@ def torch_threads(n: int | None = 1, device: torch.device | str | None = None) -
 
     Small models (batches of ~100 x 100 matrices) train faster on one thread than on two, and
     far faster when other processes compete for the cores; larger matrix work wants them all.
+    ``n=None`` keeps the current number, unless ``$BOOK_TORCH_THREADS`` sets one (the claims CLI
+    sets it in its worker processes: several processes each running two OpenMP threads on two cores
+    wait on each other's barriers and run many times slower than one thread each).
     On a CPU it also calls :func:`keep_freed_memory` and :func:`flush_denormals` (process-wide).
     """
     saved = torch.get_num_threads()
+    if n is None and os.environ.get(THREADS_ENV, "").strip():
+        n = int(os.environ[THREADS_ENV])                     # a cap set by whoever runs several processes
     if device is None or torch.device(device).type == "cpu":
         keep_freed_memory()
         flush_denormals()

@@ -118,3 +118,16 @@ def test_torch_threads_restores():
     with pytest.raises(ValueError, match="at least 1"):
         with torch_threads(0):
             pass
+
+
+def test_torch_threads_honours_the_process_cap(monkeypatch):
+    """``n=None`` keeps the thread count unless $BOOK_TORCH_THREADS caps it (parallel claim runs)."""
+    from utils.profiles import THREADS_ENV, torch_threads
+    before = torch.get_num_threads()
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    with torch_threads(None, "cpu"):
+        assert torch.get_num_threads() == before
+    monkeypatch.setenv(THREADS_ENV, "1")
+    with torch_threads(None, "cpu"):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
