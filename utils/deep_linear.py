@@ -95,12 +95,13 @@ class Config:
 
     def expected_seconds(self) -> float:
         """About 1 ms (depth 2) to 2 ms (depth 4) per run and step on one CPU core, with runs of ~3000
-        to 8000 steps (about 4000 on average), plus ~2 s per nuclear-norm solve (quick: 120 s measured)."""
+        to 8000 steps (about 4000 on average), plus ~2 s per nuclear-norm solve; the runs use both
+        cores, which takes about 0.6 of that (quick: 117 s estimated, 64-68 s measured on 2 cores)."""
         runs = [len(self.observed) * len(self.seeds) * sum(s >= low for s in self.scales)
                 for low in self.smallest_scale]
         per_step = (1e-4, 1e-3, 1.4e-3, 2e-3)
         steps = [min(cap, 4000 * max(1.0, 0.5 / c)) for cap, c in zip(self.max_steps, self.step_fraction)]
-        total = sum(r * t * k for r, t, k in zip(runs, per_step, steps))
+        total = 0.6 * sum(r * t * k for r, t, k in zip(runs, per_step, steps))
         return total + 2.0 * len(self.observed) * len(self.seeds)
 
 
