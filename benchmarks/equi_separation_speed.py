@@ -39,7 +39,7 @@ from utils import equi_separation as es  # noqa: E402
 from utils.batched import fit_many  # noqa: E402
 from utils.metrics import separation_fuzziness  # noqa: E402
 from utils.models import BatchedMLP, FeatureMLP  # noqa: E402
-from utils.profiles import keep_freed_memory  # noqa: E402
+from utils.profiles import flush_denormals, keep_freed_memory  # noqa: E402
 
 
 def clock(device: torch.device) -> float:
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
                    help="intra-op threads of the batched runs (default: every core)")
     args = p.parse_args(argv)
     keep_freed_memory()
-    torch.set_flush_denormal(True)
+    flush_denormals()
     seq_threads = args.threads
     batched_threads = args.batched_threads or torch.get_num_threads()
     device = torch.device(args.device)

@@ -121,6 +121,7 @@ class BatchedOptimizer:
             self.state["exp_avg"] = torch.zeros_like(self.flat)
             self.state["exp_avg_sq"] = torch.zeros_like(self.flat)
             self._direction = torch.zeros_like(self.flat)
+            self._step = torch.zeros((), device=device, dtype=dtype)   # the fused kernel's step count
             self._fused = hasattr(torch, "_fused_adam_") and device.type in ("cpu", "cuda")
 
     def _uniform_or_vector(self, values: list[float]) -> float | torch.Tensor:
@@ -148,8 +149,8 @@ class BatchedOptimizer:
         if self._fused:
             try:
                 d.zero_()
-                step = torch.tensor(float(self.step_count), device=d.device)
-                torch._fused_adam_([d], [g], [m], [v], [], [step], lr=1.0, beta1=b1, beta2=b2,
+                self._step.fill_(self.step_count)
+                torch._fused_adam_([d], [g], [m], [v], [], [self._step], lr=1.0, beta1=b1, beta2=b2,
                                    weight_decay=0.0, eps=ADAM_EPS, amsgrad=False, maximize=False)
                 return d
             except (RuntimeError, NotImplementedError):   # a device or build without the kernel
@@ -185,6 +186,8 @@ class BatchedOptimizer:
         self.step_count = sd["step_count"]
         self.set_lrs(sd["lrs"])
         for k, saved in sd["state"].items():
+            if k not in self.state:                           # older checkpoints kept an unused buffer
+                continue
             if isinstance(saved, (list, tuple)):              # older checkpoints: one tensor per parameter
                 saved = torch.cat([t.reshape(-1) for t in saved])
             self.state[k].copy_(saved)
@@ -256,14 +259,6 @@ def fit_many(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int,
     n = X.shape[0]
 
     bar = progress_bar(range(first_epoch, epochs + 1), desc=desc, enabled=progress)
-    _train_epochs(model, Xf, y, n, runs, bar, lr0, ms, gamma, opt, generators, histories, callback,
-                  checkpoint, checkpoint_key, epochs, batch_size, device)
-    model.eval()
-    return histories
-
-
-def _train_epochs(model, Xf, y, n, runs, bar, lr0, ms, gamma, opt, generators, histories, callback,
-                  checkpoint, checkpoint_key, epochs, batch_size, device) -> None:
     for epoch in bar:
         lrs = [l0 * gamma ** sum(1 for m in mr if m <= epoch - 1) for l0, mr in zip(lr0, ms)]
         opt.set_lrs(lrs)
@@ -304,6 +299,8 @@ def _train_epochs(model, Xf, y, n, runs, bar, lr0, ms, gamma, opt, generators, h
                 "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "generators": [g.get_state() for g in generators],
                 "histories": [h.as_dict() for h in histories], "epoch": epoch})
+    model.eval()
+    return histories
 
 
 @torch.no_grad()

@@ -114,10 +114,11 @@ def torch_threads(n: int | None = 1, device: torch.device | str | None = None) -
     saved = torch.get_num_threads()
     if n is None and os.environ.get(THREADS_ENV, "").strip():
         n = int(os.environ[THREADS_ENV])                     # a cap set by whoever runs several processes
-    if device is None or torch.device(device).type == "cpu":
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    if on_cpu:
         keep_freed_memory()
         flush_denormals()
-    if n is not None and (device is None or torch.device(device).type == "cpu"):
+    if n is not None and on_cpu:
         if n < 1:
             raise ValueError(f"number of threads must be at least 1, got {n}")
         torch.set_num_threads(n)
