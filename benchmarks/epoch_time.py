@@ -4,7 +4,7 @@ Same model (the equi-separation MLP on 28x28 Fashion-MNIST, width 100, 6 hidden 
 same batch size (128), same optimiser (SGD), one epoch over the 60,000 training images,
 measured after a warm-up epoch. Run on the CPU and, when present, on the GPU:
 
-    python benchmarks/epoch_time.py [--epochs 2] [--workers 4]
+    python benchmarks/epoch_time.py [--epochs 2] [--workers 4] [--devices cpu cuda]
 """
 from __future__ import annotations
 
@@ -76,8 +76,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"],
+                        help="devices to measure; cuda is skipped when no GPU is present")
     args = parser.parse_args()
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    devices = [torch.device(d) for d in args.devices if d != "cuda" or torch.cuda.is_available()]
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} CPU threads")
     print(f"{'device':28s} {'utils fit (s/epoch)':>20s} {'DataLoader x' + str(args.workers) + ' (s/epoch)':>26s} {'speed-up':>9s}")

@@ -39,11 +39,16 @@ EXPERIMENTS: dict[str, str] = {
     "ntk": "utils.ntk:run",
     "noisy_labels": "utils.noisy_labels:run",
 }
+COMMIT_ENV = "BOOK_COMMIT"
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 
 
 def git_commit() -> str:
-    """The repository's HEAD commit (with ``-dirty`` when the tree has changes), or ``unknown``."""
+    """The repository's HEAD commit (with ``-dirty`` when the tree has changes), or ``unknown``.
+
+    A copy without ``.git`` (a GPU machine given the working tree) names it in ``$BOOK_COMMIT``."""
+    if os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV]
     root = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
