@@ -12,6 +12,7 @@ import gzip
 import math
 import os
 import shutil
+import threading
 import zlib
 from pathlib import Path
 from typing import Sequence
@@ -114,7 +115,10 @@ def prepare_fashion_mnist(root: Path) -> bool:
         if len(sources) < len(_IDX_FILES):
             continue
         raw.mkdir(parents=True, exist_ok=True)
-        tmps = {name: raw / f".{name}.tmp" for name in sources}
+        # Names of this process and thread alone: several runs may prepare the same folder at once
+        # (the GPU job starts its experiments side by side); each renames complete files into place.
+        tag = f"{os.getpid()}.{threading.get_ident()}"
+        tmps = {name: raw / f".{name}.{tag}.tmp" for name in sources}
         try:
             for name, src in sources.items():  # all four into temporary files first ...
                 opener = gzip.open if src.suffix == ".gz" else open

@@ -57,6 +57,19 @@ def test_local_copy_from_environment_folder(isolated, monkeypatch):
     assert (isolated / "root" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists()
 
 
+def test_concurrent_preparation_of_one_folder(isolated, monkeypatch):
+    """Runs started side by side prepare the same cache: none may lose its temporary files to another."""
+    from concurrent.futures import ThreadPoolExecutor
+    src = isolated / "copy"
+    src.mkdir()
+    write_idx(src, n=3000)  # large enough that the copies overlap in time
+    monkeypatch.setenv(data.LOCAL_COPY_ENV, str(src))
+    with ThreadPoolExecutor(6) as pool:
+        done = list(pool.map(lambda _: prepare_fashion_mnist(isolated / "root"), range(6)))
+    assert done == [True] * 6
+    assert leftovers(isolated / "root") == sorted(data._IDX_FILES)
+
+
 def test_uncompressed_copy_and_resize_and_classes(isolated, monkeypatch):
     src = isolated / "plain"
     src.mkdir()
