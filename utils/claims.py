@@ -5,7 +5,8 @@ paper's value and where it comes from (figure, table, section), a human-readable
 pure ``check(results) -> measured`` on a run's results (the ``Result.to_json()`` dict that
 :mod:`utils.reproduce` stores) and a verdict ``holds(measured) -> bool``.  ``expected=False``
 marks a finding the book shows does *not* reproduce at the stated scale; its ``reason`` says
-why.  Honest failures stay in the ledger.
+why.  ``fails_in`` does the same for some profiles only (a finding the quick run shows that the
+larger ``full`` run does not).  Honest failures stay in the ledger.
 
 Each chapter module lists its claims in ``CLAIMS``; :func:`all_claims` collects them.  A chapter
 notebook ends with :func:`report`, which shows the chapter's table and raises
@@ -58,7 +59,9 @@ class Claim:
             measured value is a number, or a small dict of numbers (JSON types).
         holds: ``holds(measured) -> bool``, the verdict.
         expected: False for a finding that does not reproduce at the stated scale.
-        reason: why it does not (required when ``expected`` is False).
+        reason: why it does not (required when ``expected`` is False or ``fails_in`` is set).
+        fails_in: profiles whose runs show the finding does not reproduce although ``expected`` is
+            True for the others, e.g. ``("full",)``; ``reason`` then says what those runs found.
         profiles: the profiles whose runs measure this claim (a ``full``-only claim is not
             evaluated on the ``quick`` run).
     """
@@ -74,6 +77,7 @@ class Claim:
     expected: bool = True
     reason: str = ""
     profiles: tuple[str, ...] = PROFILES
+    fails_in: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not ID_PATTERN.match(self.id):
@@ -86,6 +90,19 @@ class Claim:
         unknown = set(self.profiles) - set(PROFILES)
         if unknown or not self.profiles:
             raise ValueError(f"claim {self.id}: profiles must be a non-empty subset of {PROFILES}, got {self.profiles}")
+        if self.fails_in:
+            if not set(self.fails_in) <= set(self.profiles):
+                raise ValueError(f"claim {self.id}: fails_in {self.fails_in} must name profiles the claim is "
+                                 f"measured in, {self.profiles}")
+            if not self.expected:
+                raise ValueError(f"claim {self.id}: fails_in is for a claim expected elsewhere; with "
+                                 "expected=False it does not reproduce in any profile already")
+            if not self.reason.strip():
+                raise ValueError(f"claim {self.id}: fails_in needs a reason saying what those runs found")
+
+    def expected_in(self, profile: str) -> bool:
+        """Whether the finding is expected to hold on a ``profile`` run."""
+        return self.expected and profile not in self.fails_in
 
     def evaluate(self, results: Mapping[str, Any] | None, profile: str) -> dict[str, Any]:
         """One ledger row for this claim on ``results`` of a ``profile`` run (None: not run yet).
@@ -94,7 +111,7 @@ class Claim:
         reads), ``not measured`` (the claim is not checked in this profile) and ``not run``.
         """
         row = {"id": self.id, "chapter": self.chapter, "statement": self.statement, "source": self.source,
-               "paper_value": self.paper_value, "criterion": self.criterion, "expected": self.expected,
+               "paper_value": self.paper_value, "criterion": self.criterion, "expected": self.expected_in(profile),
                "reason": self.reason, "profile": profile, "measured": None, "holds": None}
         if results is None:
             return {**row, "status": "not run"}
@@ -204,7 +221,7 @@ def _measured_cell(row: Mapping[str, Any] | None) -> str:
         return "not measured at this scale"
     if row["status"] == "missing":
         return "✗ not in results"
-    mark = "✓" if row["holds"] else "✗"
+    mark = "✓" if row["holds"] else "✗" if row["expected"] else "✗ (as registered)"
     where = ", ".join(x for x in (str(row.get("device", "") or "").split(",")[0],
                                   str(row.get("date", "") or "")[:10]) if x)
     return f"{mark} {format_value(row['measured'])}" + (f" ({where})" if where else "")
@@ -223,7 +240,9 @@ def chapter_table(experiment: str, results: Mapping[str, Any] | Any, profile: st
               *[f"stored {p}" for p in stored]]
     body = []
     for i, r in enumerate(rows):
-        note = "" if r["expected"] else f" Not expected to reproduce here: {r['reason']}"
+        elsewhere = [p for p in stored if not stored[p][i]["expected"] and stored[p][i]["status"] != "not run"]
+        note = (f" Not expected to reproduce here: {r['reason']}" if not r["expected"] else
+                f" Does not reproduce in the stored {' and '.join(elsewhere)} run: {r['reason']}" if elsewhere else "")
         body.append([f"{r['id']}: {r['statement']}{note}", f"{r['paper_value']} ({r['source']})", r["criterion"],
                      format_value(r["measured"]) if r["status"] in ("holds", "fails") else verdict(r),
                      verdict(r), *[_measured_cell(stored[p][i]) for p in stored]])
@@ -289,7 +308,9 @@ def ledger_table(profiles: Sequence[str] = PROFILES) -> HTMLTable:
     per_profile = {p: {r["id"]: r for r in ledger_rows(p)} for p in profiles}
     body = []
     for c in all_claims():
-        expected = "" if c.expected else f" (registered as not reproducing: {c.reason})"
+        expected = ("" if c.expected and not c.fails_in else
+                    f" (registered as not reproducing: {c.reason})" if not c.expected else
+                    f" (registered as not reproducing in the {' and '.join(c.fails_in)} profile: {c.reason})")
         body.append([c.id, c.statement + expected, f"{c.paper_value} ({c.source})", c.criterion,
                      *[_measured_cell(per_profile[p].get(c.id)) for p in profiles]])
     return HTMLTable(["id", "claim", "paper (source)", "criterion", *profiles], body)

@@ -718,7 +718,13 @@ CLAIMS = [
                     "at R = 1: |cosine + 1/(K-1)| <= 0.05",
           check=_check_trained,
           holds=lambda m: m["minority_cosine_top_R"] >= 0.9 and m["minority_accuracy_top_R"] <= 0.15
-          and m["R1_gap_to_etf"] <= 0.05),
+          and m["R1_gap_to_etf"] <= 0.05, fails_in=("full",),
+          reason="with a small CNN, 5,000 images per majority class, 8,000 SGD steps and weight decay 5e-4 (the "
+                 "full run), the minority classifiers move towards each other as R grows (cosine -0.09, 0.01, 0.09 and "
+                 "0.51 at R = 1, 10, 100 and 1000) and the minority test accuracy falls to 0.13, but the cosine stays "
+                 "far below 0.9. The LPM at the norms this network ends with predicts no collapse at any ratio up to "
+                 "1e5, so the partial merging is the network's, not the model's; the quick run (an MLP at ten times the "
+                 "weight decay) reaches 0.94."),
     Claim(id="mc.oversampling", chapter=EXPERIMENT,
           statement="Oversampling the minority classes at the largest imbalance ratio separates their "
                     "classifiers again and recovers part of their test accuracy.",

@@ -647,7 +647,12 @@ CLAIMS = [
           criterion="MLP: NC1(last) ≤ 1e-2 × NC1(first measured epoch), and NC1(last) ≤ 1e-1 × NC1(first epoch of "
                     "the terminal phase)",
           check=lambda res: _nc1_measures([r for r in res["runs"] if r["name"] == "mlp"]),
-          holds=_nc1_holds, profiles=("quick", "full")),
+          holds=_nc1_holds, profiles=("quick", "full"), fails_in=("full",),
+          reason="for the MLP (100 images per class, 300 epochs, weight decay 5e-3; the full run) NC1 falls 350-fold "
+                 "over the run, but not through the terminal phase: the training accuracy was first measured at 1 at "
+                 "epoch 80, with NC1 already at 0.008; the network then lost it again (0.85-0.95 at epochs 97-100, NC1 back "
+                 "up to 0.27) until the first learning-rate decay, and NC1 ended at 0.94 times its epoch-80 value "
+                 "(0.14 times its value at epoch 106, from which the training accuracy stays 1)."),
     Claim(id="nc.nc1_conv", chapter=EXPERIMENT,
           statement="The same collapse of NC1 happens in convolutional networks, where the paper observed it.",
           source="Papyan, Han & Donoho (2020), Fig. 6 (VGG, ResNet, DenseNet)",
@@ -656,7 +661,11 @@ CLAIMS = [
           criterion="for every convolutional network of the run: NC1(last) ≤ 1e-2 × NC1(first measured epoch) and "
                     "≤ 1e-1 × NC1(first epoch of the terminal phase)",
           check=lambda res: _nc1_measures(_by_kind(res, "conv")),
-          holds=_nc1_holds),
+          holds=_nc1_holds, fails_in=("full",),
+          reason="VGG-11 on 400 images per class for 350 epochs (the full run): NC1 falls 500-fold over the "
+                 "run, but the training accuracy is first measured at 1 at epoch 113 (0.991 at epoch 102), three "
+                 "epochs before the first learning-rate decay; at the decayed rates NC1 goes from 0.082 to 0.057 in "
+                 "the remaining 237 epochs (0.69 times), not the tenfold fall the criterion asks."),
     Claim(id="nc.etf", chapter=EXPERIMENT,
           statement="The centred class means approach a simplex ETF: their pairwise cosines average -1/(K-1) and "
                     "their spread around that value shrinks.",

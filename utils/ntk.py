@@ -469,7 +469,12 @@ CLAIMS = [
                       "compares it with the test error across corruption levels, not as a non-vacuous number",
           criterion="complexity measure for true labels >= 1 (a bound on an error rate that exceeds 1)",
           check=lambda r: [x for x in r["runs"] if x["labels"] == "true"][0]["complexity"],
-          holds=lambda c: c >= 1.0),
+          holds=lambda c: c >= 1.0, fails_in=("full",),
+          reason="at full resolution (28 x 28 inputs, the same n = 1,000 images; the full run) the true-label "
+                 "complexity is 0.99, just below 1 (1.24 at 14 x 14 in the quick run): the leading term alone is then "
+                 "not above 1, and the bound exceeds 1 only through the theorem's O(sqrt(log(n / (lambda_0 delta)) / "
+                 "n)) term, whose constant the paper does not give. The random-label complexity (4.25) is still "
+                 "far above 1."),
     Claim(id="ntk.gap", chapter=EXPERIMENT,
           statement="On randomly shifted images, the CNTK with global average pooling classifies by kernel "
                     "regression with a test error at least 5 points below the CNTK without pooling.",

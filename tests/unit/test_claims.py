@@ -67,6 +67,29 @@ def test_chapter_table_shows_paper_value_and_verdict(toy_experiment):
     assert [r["status"] for r in rows] == ["holds", "fails"]
 
 
+def test_a_finding_registered_as_failing_in_one_profile_only(toy_experiment, monkeypatch):
+    with pytest.raises(ValueError, match="fails_in needs a reason"):
+        _claim(fails_in=("full",))
+    with pytest.raises(ValueError, match="must name profiles the claim is measured in"):
+        _claim(fails_in=("paper",), profiles=("quick", "full"), reason="r")
+    with pytest.raises(ValueError, match="expected=False"):
+        _claim(fails_in=("full",), expected=False, reason="r")
+    c = _claim(fails_in=("full",), reason="the full run's value is 0.5")
+    assert c.expected_in("quick") and not c.expected_in("full")
+    quick, full = c.evaluate({"value": 0.5}, "quick"), c.evaluate({"value": 0.5}, "full")
+    assert claims.is_failure(quick) and not claims.is_failure(full)   # the quick run still guards it
+    toy_experiment.CLAIMS = [c]
+    monkeypatch.setattr(reproduce, "load_results", lambda e, p="full": {"value": 0.5} if p == "full" else None)
+    table, rows = claims.chapter_table("toy", {"value": 0.05}, "quick")
+    html = table._repr_html_()
+    assert "Does not reproduce in the stored full run: the full run&#x27;s value is 0.5" in html
+    assert "✗ (as registered) 0.5" in html
+    claims.report("toy", {"value": 0.05}, "quick")                  # the stored full failure does not fail it
+    with pytest.raises(ClaimFailure):
+        claims.report("toy", {"value": 0.5}, "quick")
+    assert "in the full profile" in claims.ledger_table(("quick", "full"))._repr_html_()
+
+
 def test_duplicate_ids_are_refused(monkeypatch, toy_experiment):
     toy_experiment.CLAIMS = [_claim(), _claim()]
     with pytest.raises(ValueError, match="used twice"):
