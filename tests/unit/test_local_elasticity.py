@@ -275,8 +275,8 @@ def test_mean_interval():
 
 
 def _fake(**over):
-    r = {"synthetic": {"nets": {"relu_standard": {"pearson_trained": -0.7}, "relu_ntk": {"pearson_trained": -0.93},
-                                "linear_standard": {"pearson_trained": 0.0}}},
+    r = {"synthetic": {"nets": {"relu_standard": {"pearson_trained": -0.7, "train_accuracy": 0.98},
+                                "relu_ntk": {"pearson_trained": -0.93}, "linear_standard": {"pearson_trained": 0.0}}},
          "growth": {"nets": {"relu_standard": {"ratio_change": [1.4, 1.5, 1.2]},
                              "linear_standard": {"ratio_change": [0.97, 1.02, 1.05]}}},
          "class_profile": {"trained": [0.5, 0.1, 0.5, 0.3, 0.5, 0.1, 0.9, 0.1, 0.1, 0.1], "similar": [0, 2, 4],
@@ -296,7 +296,7 @@ def test_claims_both_verdicts(claim_id):
     c = claims.get(claim_id)
     assert c.holds(c.check(_fake()))
     bad = {
-        "le.torus": {"synthetic": {"nets": {"relu_standard": {"pearson_trained": -0.95},
+        "le.torus": {"synthetic": {"nets": {"relu_standard": {"pearson_trained": -0.95, "train_accuracy": 1.0},
                                             "relu_ntk": {"pearson_trained": -0.7},
                                             "linear_standard": {"pearson_trained": 0.0}}}},
         "le.growth": {"growth": {"nets": {"relu_standard": {"ratio_change": [1.4, 1.5, 1.2]},
