@@ -234,13 +234,6 @@ def train_group(cfg: Config, data, layer_num: int, specs: list[dict], epochs: in
     All the models are trained together as one :class:`BatchedMLP` (per-model optimiser,
     learning rate and batch order; :func:`utils.batched.fit_many`); rows come back in ``specs`` order.
     """
-    return _train_batch(cfg, data, layer_num, list(specs), epochs, milestones, batchnorm, nonlinear, snapshots,
-                        progress, desc, checkpoint, key, init)
-
-
-def _train_batch(cfg: Config, data, layer_num: int, specs: list[dict], epochs: int, milestones,
-                 batchnorm: bool, nonlinear: bool, snapshots: tuple[int, ...], progress: bool, desc: str,
-                 checkpoint, key: str, init: str = "torch") -> list[dict]:
     X, y, Xt, yt = data
     seeds = [s["seed"] for s in specs]
     model = BatchedMLP(len(specs), X[0].numel(), cfg.width, layer_num, int(y.max()) + 1,
