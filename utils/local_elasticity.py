@@ -185,6 +185,16 @@ class Result(JsonResult):
 # --------------------------------------------------------------------------------------------
 # 1. Synthetic manifolds and kernels
 # --------------------------------------------------------------------------------------------
+def donut_steps(cfg: Config, width: int | None = None) -> dict[str, tuple[bool, str, float]]:
+    """The three donut networks at ``width`` (default ``cfg.donut_width``): name -> (nonlinear,
+    parametrisation, step size). The standard-parametrisation steps scale as 1000 / width, which
+    keeps their ratio to the largest stable step fixed; the NTK-parametrised step needs no scaling."""
+    scale = 1000.0 / (width or cfg.donut_width)
+    return {"relu_standard": (True, "standard", cfg.donut_lr * scale),
+            "relu_ntk": (True, "ntk", cfg.donut_lr_ntk),
+            "linear_standard": (False, "standard", cfg.donut_lr_linear * scale)}
+
+
 def donut_experiment(cfg: Config, device: torch.device, progress: bool = True) -> dict:
     """S_rel against the geodesic (angular) distance on He & Su's two rippled curves.
 
@@ -198,10 +208,7 @@ def donut_experiment(cfg: Config, device: torch.device, progress: bool = True) -
     X, y = X.to(device), y.to(device)
     pos = torch.nonzero(y > 0).flatten().cpu()
     geo = angular_distances(t, pos.tolist())  # (P, n)
-    scale = 1000.0 / cfg.donut_width
-    nets = {"relu_standard": (True, "standard", cfg.donut_lr * scale),
-            "relu_ntk": (True, "ntk", cfg.donut_lr_ntk),
-            "linear_standard": (False, "standard", cfg.donut_lr_linear * scale)}
+    nets = donut_steps(cfg)
     probe_lr = 1e-4
     frames = pos[:: max(1, len(pos) // cfg.donut_frames)][: cfg.donut_frames].tolist()
     out = {"points": X.cpu(), "labels": y.cpu(), "angles": t, "frames": frames, "nets": {}}
