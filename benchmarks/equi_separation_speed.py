@@ -20,6 +20,15 @@ Times are wall seconds with nothing else running.  The sequential runs use ``--t
 runs ``--batched-threads`` (default: every core).
 
     python benchmarks/equi_separation_speed.py [--epochs 600] [--device cpu] [--threads 1] [--batched-threads 2]
+
+``--floor`` prints instead the arithmetic floor of the chapter's whole ``full`` profile: the
+floating-point operations of every training step it takes (counted by
+``torch.utils.flop_counter.FlopCounterMode`` on one step of each network, forward and backward,
+times the steps), and the seconds they need at this machine's peak matrix-product rate (a
+2048 x 2048 float32 ``matmul`` on every thread, best of five), as if nothing but matrix products
+ran, at that peak.
+
+    python benchmarks/equi_separation_speed.py --floor
 """
 from __future__ import annotations
 
@@ -95,6 +104,61 @@ def batched_all(cfg, X, y, epochs: int) -> None:
         es.fuzziness_profile(model.features(X, bn="batch"), y)
 
 
+def training_flops(cfg) -> dict[str, float]:
+    """FLOPs of the training steps of ``cfg`` (a ``full``-like profile), by part: the 27-network
+    grid per depth, the controls and the Adam sweep (depth-8 networks), each convolutional network.
+    Counted on one full batch of 128 and scaled to the examples seen (the last, smaller batch of an
+    epoch costs in proportion)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def per_example(model: torch.nn.Module, x: torch.Tensor) -> float:
+        y = torch.zeros(x.shape[0], dtype=torch.long)
+        with FlopCounterMode(display=False) as counter:
+            F.cross_entropy(model(x), y).backward()
+        return counter.get_total_flops() / x.shape[0]
+
+    n, d0 = 10 * cfg.per_class, cfg.image_size ** 2
+    runs = len(cfg.optimizers) * len(cfg.seeds)
+    out = {}
+    for L in es.LAYER_NUMS:
+        out[f"grid, depth {L + 2} ({runs} networks)"] = (
+            runs * cfg.epochs * n * per_example(FeatureMLP(d0, cfg.width, L, 10), torch.randn(128, d0)))
+    extra = 2 + len(cfg.sweep_lrs)
+    out[f"controls and sweep ({extra} depth-8 networks)"] = (
+        extra * cfg.epochs * n * per_example(FeatureMLP(d0, cfg.width, 6, 10), torch.randn(128, d0)))
+    s = cfg.conv_image_size
+    for arch in cfg.conv_archs:
+        out[f"{arch} ({len(cfg.conv_seeds)} x {cfg.conv_epochs} epochs)"] = (
+            len(cfg.conv_seeds) * cfg.conv_epochs * 10 * cfg.conv_per_class
+            * per_example(es.conv_net(arch, cfg), torch.randn(128, 1, s, s)))
+    return out
+
+
+def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a size x size float32 matrix product on every thread, best of ``repeats``."""
+    a = torch.randn(size, size, device=device)
+    best = float("inf")
+    for _ in range(repeats + 1):                 # the first is a warm-up
+        start = clock(device)
+        a @ a
+        best = min(best, clock(device) - start)
+    return 2 * size ** 3 / best
+
+
+def print_floor(device: torch.device) -> None:
+    """The ``--floor`` report (see the module docstring)."""
+    cfg = es.Config.for_profile("full")
+    parts = training_flops(cfg)
+    peak = matmul_peak(device)
+    print(f"equi-separation `full` profile: training FLOPs and their time at this machine's peak "
+          f"matmul rate, {peak / 1e9:.0f} GFLOP/s ({device}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)")
+    for name, flops in parts.items():
+        print(f"  {name}: {flops / 1e12:.2f} TFLOP, {flops / peak:.0f} s")
+    total = sum(parts.values())
+    print(f"  total: {total / 1e12:.2f} TFLOP, at least {total / peak:.0f} s")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=600)
@@ -102,9 +166,14 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="intra-op threads of the sequential runs")
     p.add_argument("--batched-threads", type=int, default=None,
                    help="intra-op threads of the batched runs (default: every core)")
+    p.add_argument("--floor", action="store_true",
+                   help="print the full profile's training FLOPs and their time at this machine's peak instead")
     args = p.parse_args(argv)
     keep_freed_memory()
     flush_denormals()
+    if args.floor:
+        print_floor(torch.device(args.device))
+        return 0
     seq_threads = args.threads
     batched_threads = args.batched_threads or torch.get_num_threads()
     device = torch.device(args.device)
