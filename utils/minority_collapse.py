@@ -226,7 +226,7 @@ def solve_symmetric_lpm(num_classes: int, num_majority: int, ratio: float, E_W: 
 
     The LPM: minimise ``(1/N) sum_k n_k CE(W h_k, k)`` over ``W`` and one feature ``h_k`` per class
     (optimal features are equal within a class) s.t. ``(1/K) sum ||w_k||^2 <= E_W`` and
-    ``(1/K) sum ||h_k||^2 <= E_H``, relaxed to its Gram matrix (exact when d >= 2K).  Cached per
+    ``(1/K) sum ||h_k||^2 <= E_H``, relaxed to its Gram matrix (exact when d >= K; see :mod:`utils.lpm`).  Cached per
     argument tuple; about 2 ms per new ``R`` on a CPU.
 
     Raises:

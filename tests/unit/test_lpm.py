@@ -94,18 +94,20 @@ def test_minority_classifier_cosine_uses_the_shared_metrics():
 
 # ----------------------------------------------------------------------------- claims
 
-def _result(etf_diff=1e-6, gap=1e-9, closed=1e-9, K=4):
+def _result(etf_diff=1e-6, gap=1e-9, closed=1e-9, K=4, grid_etf_diff=1e-7, closed_form=0.2):
     return {"balanced": {"K": K, "max_etf_gram_difference": etf_diff},
             "dimension": [{"p": p, "direct_objective": 0.5 + (gap if p >= K else 0.1), "sdp_objective": 0.5}
                           for p in range(1, 2 * K + 1)],
             "imbalanced": [{"sdp_objective": 0.3, "direct_objective_pK": 0.3 + gap, "direct_objective_p2K": 0.3}],
-            "budgets": [{"objective": 0.2 + closed, "closed_form": 0.2}]}
+            "budgets": [{"objective": closed_form + closed, "closed_form": closed_form,
+                         "max_etf_gram_difference": grid_etf_diff}]}
 
 
 def test_claim_lpm_etf_both_verdicts():
     from utils import claims
     c = claims.get("lpm.etf")
     assert c.holds(c.check(_result(etf_diff=2e-4))) and not c.holds(c.check(_result(etf_diff=5e-3)))
+    assert not c.holds(c.check(_result(grid_etf_diff=5e-3)))      # the budget grid counts too
 
 
 def test_claim_lpm_relaxation_both_verdicts():
@@ -119,3 +121,21 @@ def test_claim_lpm_closed_form_both_verdicts():
     from utils import claims
     c = claims.get("lpm.closed_form")
     assert c.holds(c.check(_result(closed=1e-8))) and not c.holds(c.check(_result(closed=1e-3)))
+    # relative: a loss of 1e-7 missed by 1e-7 fails, though the absolute difference is tiny
+    assert not c.holds(c.check(_result(closed=1e-7, closed_form=1e-7)))
+
+
+def test_network_cosines_reads_the_stored_neural_collapse_runs():
+    """Off-diagonal cosines of each run's last record; the ETF's -1/(K-1) is the reference."""
+    import numpy as np
+    K = 4
+    etf = np.full((K, K), -1 / (K - 1))
+    np.fill_diagonal(etf, 1.0)
+    run = {"name": "net", "history": [{"epoch": 1}, {"epoch": 9, "train_accuracy": 1.0,
+                                                      "cos_means": etf.tolist(), "cos_classifiers": etf.tolist()}]}
+    from utils import lpm
+    (net,) = lpm.network_cosines({"runs": [run, {"name": "no matrices", "history": [{"epoch": 9}]}]})
+    assert net["K"] == K and net["epoch"] == 9 and len(net["means"]) == K * (K - 1)
+    assert net["mean_cos_means"] == pytest.approx(-1 / 3) and net["etf"] == pytest.approx(-1 / 3)
+    with pytest.raises(ValueError, match="cos_means"):
+        lpm.network_cosines({"runs": [{"name": "x", "history": [{"epoch": 1}]}]})
