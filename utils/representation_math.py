@@ -87,10 +87,10 @@ def make_tasks(d: int, k: int, num_tasks: int, n_per_task: int, diverse: bool, n
     """Draw ``T = num_tasks`` source tasks sharing a representation, one instance per seed.
 
     Diverse sources: ``theta_t`` are independent uniform unit vectors in ``R^k`` (for ``T >> k``
-    the matrix ``[theta_1..theta_T]`` is well conditioned: ``Theta^T Theta ~ (T/k) I``); the target
-    head is another uniform unit vector.  Non-diverse sources: every ``theta_t = +-e_1`` (one
-    direction); the target head is a uniform unit vector orthogonal to ``e_1``, i.e. it uses only
-    directions outside the sources' span.
+    the ``k x T`` matrix ``Theta = [theta_1..theta_T]`` is well conditioned:
+    ``Theta Theta^T ~ (T/k) I_k``); the target head is another uniform unit vector.  Non-diverse
+    sources: every ``theta_t = +-e_1`` (one direction); the target head is a uniform unit vector
+    orthogonal to ``e_1``, i.e. it uses only directions outside the sources' span.
 
     Args:
         d: input dimension; k: representation dimension (``1 <= k <= d``).
@@ -99,7 +99,7 @@ def make_tasks(d: int, k: int, num_tasks: int, n_per_task: int, diverse: bool, n
         noise: label-noise standard deviation ``sigma >= 0``.
         seeds: one instance per seed (independent ``torch.Generator``s, so a seed's draw does not
             depend on the other seeds in the batch).
-        balanced: diverse sources only: whiten the drawn heads so that ``Theta^T Theta = (T/k) I_k``
+        balanced: diverse sources only: whiten the drawn heads so that ``Theta Theta^T = (T/k) I_k``
             exactly (the paper's well-conditioned diversity assumption with condition number 1;
             the heads keep mean squared norm 1).  Needs ``T >= k``.
     """

@@ -153,7 +153,7 @@ def test_representation_error_matches_the_first_order_prediction():
 
 
 # ----------------------------------------------------------------------------- claims: both verdicts
-def _fake(adv_div=(1.0, 0.1), adv_non=(1.0, 0.8), n1_err=(0.1, 0.05, 0.025), T_err=(0.02, 0.021, 0.022)):
+def _fake(adv_div=(1.0, 0.1), adv_non=(1.0, 1.25), n1_err=(0.1, 0.05, 0.025), T_err=(0.02, 0.021, 0.022)):
     runs = []
     for diverse, (alone, learned) in ((True, adv_div), (False, adv_non)):
         runs += [{"method": "target_only", "diverse": diverse, "n_target": 20, "seed": 0, "excess_risk": alone},
@@ -171,6 +171,7 @@ def test_claim_rep_diversity_both_verdicts():
     assert c.holds(c.check(_fake()))
     assert not c.holds(c.check(_fake(adv_div=(1.0, 0.3))))     # only 3.3x with diverse sources
     assert not c.holds(c.check(_fake(adv_non=(1.0, 0.4))))     # non-diverse sources help 2.5x
+    assert not c.holds(c.check(_fake(adv_non=(1.0, 0.8))))     # help 1.25x: they do not hurt the target
 
 
 def test_claim_rep_bypass_both_verdicts():
