@@ -379,6 +379,24 @@ def _median_pearson(results: dict, depth: int, optimizer: str, key: str = "pears
     return float(median(vals))
 
 
+def accuracy_correlations(results: dict, fit_threshold: float = 0.99) -> list[dict[str, Any]]:
+    """Pearson correlation, across networks, between the law's straightness (Pearson(l, log D_l))
+    and test accuracy: over every network of the grid, over those that fit their training data
+    (train acc. >= ``fit_threshold``, the paper's "networks that all fit"), and within each depth.
+    Rows ``{"networks": str, "count": int, "correlation": float | None}`` (None below 3 networks)."""
+    def corr(rows):
+        if len(rows) < 3:
+            return None
+        return float(np.corrcoef([r["pearson"] for r in rows], [r["test_acc"] for r in rows])[0, 1])
+
+    runs = results["runs"]
+    groups = [("all networks", runs),
+              (f"those fitting their training data (train acc. >= {fit_threshold:g})",
+               [r for r in runs if r["train_acc"] >= fit_threshold])]
+    groups += [(f"depth {d} only", [r for r in runs if r["depth"] == d]) for d in sorted({r["depth"] for r in runs})]
+    return [{"networks": name, "count": len(rows), "correlation": corr(rows)} for name, rows in groups]
+
+
 def law_summary(results: dict) -> dict:
     """Median (over seeds) Pearson(l, log D_l), input included, at depths 4 and 8 per optimiser."""
     opts = [o for o in ("sgd", "momentum", "adam")
@@ -407,6 +425,7 @@ def controls_summary(results: dict) -> dict:
 
 
 def cnn_summary(results: dict) -> dict:
+    """Median Pearson (input included) of the CNN runs and, when present, of the residual networks."""
     rows = [r for r in results["convnets"] if r["arch"] == "cnn"]
     if not rows:
         raise KeyError("no CNN runs")
@@ -417,10 +436,17 @@ def cnn_summary(results: dict) -> dict:
     return out
 
 
+def cnn_claim_summary(results: dict) -> dict:
+    """:func:`cnn_summary` with the lowest training accuracy of those networks (``min_train_acc``):
+    the law is a statement about trained networks."""
+    return cnn_summary(results) | {"min_train_acc": float(min(r["train_acc"] for r in results["convnets"]))}
+
+
 CLAIMS = [
     Claim(id="es.law", chapter=EXPERIMENT,
-          statement="After training, log D_l falls on a straight line in the layer index l (input included) "
-                    "at depths 4 and 8 for SGD, SGD with momentum and Adam.",
+          statement="After training, log D_l falls close to a straight line in the layer index l (input included) "
+                    "at depths 4 and 8 for SGD, SGD with momentum and Adam: Pearson <= -0.95, where the paper's "
+                    "panels reach about -0.99 (depth 4 does here; depth 8 comes close).",
           source=f"{PAPER}, Fig. 2 (Fashion-MNIST 10x10, widths 100, depths 4/8/20, three optimisers)",
           paper_value="Pearson correlations about -0.99 or closer to -1 in every panel",
           criterion="median over seeds of Pearson(l, log D_l), l = 0..L+1, <= -0.95 for all six (depth, optimiser)",
@@ -448,8 +474,13 @@ CLAIMS = [
           statement="Measured block by block, a convolutional network's fuzziness decays geometrically too.",
           source=f"{PAPER}, Fig. 5 (VGG, AlexNet and residual networks on Fashion-MNIST)",
           paper_value="Pearson about -0.98 or closer to -1 for the convolutional and residual networks",
-          criterion="median Pearson(l, log D_l) of the CNN, input included, <= -0.9",
-          check=cnn_summary, holds=lambda m: m["cnn"] <= -0.9),
+          criterion="median Pearson(l, log D_l), input included, <= -0.9 for the CNN and (when trained) the "
+                    "residual network, every one of them fitting its training data (train acc. >= 0.99)",
+          check=cnn_claim_summary,
+          holds=lambda m: max(v for k, v in m.items() if k != "min_train_acc") <= -0.9 and m["min_train_acc"] >= 0.99,
+          fails_in=("quick",),
+          reason="the quick profile trains the small CNN for 30 epochs only: it does not fit its training data "
+                 "(train acc. 0.86), although its decay is straight (Pearson -0.96)"),
 ]
 
 

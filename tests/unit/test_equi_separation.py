@@ -111,8 +111,14 @@ def test_claim_controls_both_verdicts():
 
 def test_claim_cnn_both_verdicts():
     c = claims.get("es.cnn")
-    assert c.holds(c.check({"convnets": [{"arch": "cnn", "pearson": -0.97}]}))
-    assert not c.holds(c.check({"convnets": [{"arch": "cnn", "pearson": -0.5}, {"arch": "resnet", "pearson": -0.9}]}))
+    assert c.holds(c.check({"convnets": [{"arch": "cnn", "pearson": -0.97, "train_acc": 1.0}]}))
+    assert not c.holds(c.check({"convnets": [{"arch": "cnn", "pearson": -0.5, "train_acc": 1.0},
+                                             {"arch": "resnet", "pearson": -0.9, "train_acc": 1.0}]}))
+    # the residual network counts too, and so does fitting the training data
+    assert not c.holds(c.check({"convnets": [{"arch": "cnn", "pearson": -0.97, "train_acc": 1.0},
+                                             {"arch": "resnet", "pearson": -0.5, "train_acc": 1.0}]}))
+    assert not c.holds(c.check({"convnets": [{"arch": "cnn", "pearson": -0.97, "train_acc": 0.86}]}))
+    assert c.expected_in("full") and not c.expected_in("quick")
 
 
 def test_result_round_trip():
