@@ -5,8 +5,9 @@ Independent runs (seeds x problems x starting scales) share one batched matrix p
 tensor carries a leading run dimension ``B``.
 
 Step size.  Plain gradient descent with a *state-dependent scalar* step
-``eta_k = c / h(theta_k)``, where ``h`` is a computable upper bound on the spectral norm of the
-loss Hessian at the current parameters (see :func:`hessian_bound`).  A positive scalar
+``eta_k = c / h(theta_k)``, where ``h`` approximately bounds the spectral norm of the loss Hessian
+at the current parameters (see :func:`hessian_bound`; the factor and gradient norms in it are
+warm-started power-iteration estimates, and the Gauss-Newton part may be 1.5 times a power estimate).  A positive scalar
 step that depends only on the state is a reparametrisation of time, so in the limit of small
 ``c`` the iterates follow the *same path* as gradient flow ``d theta / dt = -grad L``; ``c``
 (a fraction of the local stability limit ``2 / h``) controls the discretisation error.  Near

@@ -1,6 +1,7 @@
 """Tests for utils.deep_linear: deep matrix factorization and the nuclear-norm baseline."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -226,3 +227,24 @@ def test_factor_scale_gives_the_end_to_end_scale(depth: int) -> None:
     assert 0.7 < float(fro.mean()) / (scale / n ** 0.5) < 1.3
     with pytest.raises(ValueError, match="scale"):
         dl_math.factor_scale(-1.0, depth, n)
+
+
+def test_figures_keep_the_legend_off_the_panels_and_zoom_on_the_rises() -> None:
+    """The sweep's legend sits below the panels (not on the dashed nuclear-norm line); a trajectory
+    panel ends at three times the latest half-height time, or at the end of training if sooner."""
+    import matplotlib.pyplot as plt
+    times = np.linspace(0.0, 100.0, 11)
+    sv = np.minimum(1.0, np.exp(times[:, None] - np.arange(10.0)[None] * 3 - 5)).tolist()
+    runs = [{"depth": d, "observed": 2000, "scale": 1e-3, "seed": 0, "reconstruction_error": 0.1 / d,
+             "effective_rank": 5.0, "nuclear_norm": 1.1, "final_loss": 1e-7,
+             "half_times": [4.0, 5.0, 6.0, 7.0, h], "half_steps": [1, 2, 3, 4, 5]} for d, h in ((1, 10.0), (2, 50.0))]
+    res = {"config": {"depths": [1, 2], "observed": [2000], "scales": [1e-3], "seeds": [0], "tol": 1e-6,
+                      "trajectory_seed": 0},
+           "runs": runs, "nuclear": [{"observed": 2000, "seed": 0, "reconstruction_error": 0.2,
+                                      "effective_rank": 8.0, "nuclear_norm": 1.0}],
+           "trajectories": {str(d): {"1e-03": {"times": times.tolist(), "singular_values": sv}} for d in (1, 2)}}
+    fig = dl.plot_scale_sweep(res, 2000)
+    assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
+    plt.close(fig)
+    fig = dl.plot_trajectories(res, 1e-3)
+    assert [ax.get_xlim()[1] for ax in fig.axes if ax.get_visible()] == [pytest.approx(30.0), pytest.approx(100.0)]
