@@ -44,7 +44,8 @@ RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 
 
 def git_commit() -> str:
-    """The repository's HEAD commit (with ``-dirty`` when the tree has changes), or ``unknown``.
+    """The repository's HEAD commit (with ``-dirty`` when the tree has changes outside ``results/``,
+    whose files are this module's outputs, not inputs), or ``unknown``.
 
     A copy without ``.git`` (a GPU machine given the working tree) names it in ``$BOOK_COMMIT``."""
     if os.environ.get(COMMIT_ENV):
@@ -53,7 +54,8 @@ def git_commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)results"], cwd=root,
                                capture_output=True, text=True, check=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
