@@ -474,10 +474,11 @@ CLAIMS = [
           statement="Measured block by block, a convolutional network's fuzziness decays geometrically too.",
           source=f"{PAPER}, Fig. 5 (VGG, AlexNet and residual networks on Fashion-MNIST)",
           paper_value="Pearson about -0.98 or closer to -1 for the convolutional and residual networks",
-          criterion="median Pearson(l, log D_l), input included, <= -0.9 for the CNN and (when trained) the "
-                    "residual network, every one of them fitting its training data (train acc. >= 0.99)",
+          criterion="median Pearson(l, log D_l), input included, <= -0.95 (the MLPs' bar) for the CNN and "
+                    "(when trained) the residual network, every one of them fitting its training data "
+                    "(train acc. >= 0.99)",
           check=cnn_claim_summary,
-          holds=lambda m: max(v for k, v in m.items() if k != "min_train_acc") <= -0.9 and m["min_train_acc"] >= 0.99,
+          holds=lambda m: max(v for k, v in m.items() if k != "min_train_acc") <= -0.95 and m["min_train_acc"] >= 0.99,
           fails_in=("quick",),
           reason="the quick profile trains the small CNN for 30 epochs only: it does not fit its training data "
                  "(train acc. 0.86), although its decay is straight (Pearson -0.96)"),

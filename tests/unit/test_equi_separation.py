@@ -118,6 +118,7 @@ def test_claim_cnn_both_verdicts():
     assert not c.holds(c.check({"convnets": [{"arch": "cnn", "pearson": -0.97, "train_acc": 1.0},
                                              {"arch": "resnet", "pearson": -0.5, "train_acc": 1.0}]}))
     assert not c.holds(c.check({"convnets": [{"arch": "cnn", "pearson": -0.97, "train_acc": 0.86}]}))
+    assert not c.holds(c.check({"convnets": [{"arch": "cnn", "pearson": -0.93, "train_acc": 1.0}]}))
     assert c.expected_in("full") and not c.expected_in("quick")
 
 
