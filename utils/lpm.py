@@ -666,6 +666,8 @@ def network_cosines(nc_results: dict) -> list[dict]:
     Raises:
         ValueError: no run carries the cosine matrices.
     """
+    from .metrics import mean_off_diagonal
+
     out = []
     for run in nc_results.get("runs", []):
         last = run["history"][-1] if run.get("history") else {}
@@ -678,7 +680,7 @@ def network_cosines(nc_results: dict) -> list[dict]:
         out.append({"name": run.get("name", "network"), "K": K, "epoch": last.get("epoch"),
                     "train_accuracy": last.get("train_accuracy"),
                     "means": cm[off].tolist(), "classifiers": cw[off].tolist(),
-                    "mean_cos_means": float(cm[off].mean()), "mean_cos_classifiers": float(cw[off].mean()),
+                    "mean_cos_means": mean_off_diagonal(cm), "mean_cos_classifiers": mean_off_diagonal(cw),
                     "etf": -1.0 / (K - 1)})
     if not out:
         raise ValueError("no run in these neural-collapse results records cos_means and cos_classifiers; "
